@@ -1,0 +1,3 @@
+from l2o_pipeline.main import main
+
+main()

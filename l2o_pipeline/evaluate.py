@@ -1,0 +1,98 @@
+"""Evaluation: any optimizer on any task for any horizon, over paired runs (spec §4).
+
+Within a run every optimizer starts from the same θ0 and sees the same minibatches; state is
+reset per run. The final loss is that of the frozen final parameters averaged over every
+minibatch seen during the run (the paper's definition: a training-set loss).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from l2o_pipeline.optimizees.base import Task
+from l2o_pipeline.optimizers.base import Optimizer
+
+FINAL_LOSS_RULES = ("average_over_seen", "last_batch")
+
+
+def run_seed(seed: int, run: int, stream: int) -> int:
+    """Independent, reproducible seeds per (seed, run, stream) without global RNG state."""
+    return (seed * 1_000_003 + run * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+@dataclass
+class EvalResult:
+    name: str
+    curves: torch.Tensor  # [runs, steps]: loss at θ_t on B_t, before the t-th update
+    final_losses: torch.Tensor  # [runs]
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        finite = self.final_losses[torch.isfinite(self.final_losses)]
+        mean = finite.mean().item() if len(finite) else math.nan
+        std = finite.std().item() if len(finite) > 1 else 0.0
+        return {
+            "final_loss_mean": mean,
+            "final_loss_std": std,
+            "final_loss_median": finite.median().item() if len(finite) else math.nan,
+            "n_runs": len(self.final_losses),
+            "n_diverged": int((~torch.isfinite(self.final_losses)).sum()),
+        }
+
+
+@torch.no_grad()
+def run_optimizer(task: Task, optimizer: Optimizer, theta0: torch.Tensor, batch_seed: int,
+                  n_steps: int, final_loss: str = "average_over_seen",
+                  on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, float]:
+    """One optimizee run. Returns (loss curve [n_steps], final loss)."""
+    gen = torch.Generator().manual_seed(batch_seed)
+    theta = theta0.clone()
+    state = optimizer.init_state(theta.numel(), theta.device, theta.dtype)
+    curve = torch.empty(n_steps, device=theta.device)  # filled on-device: no sync per step
+    for t in range(n_steps):
+        loss, grad = task.loss_and_grad(theta, task.sample_batch(gen))
+        curve[t] = loss
+        update, state = optimizer.step(grad, state)
+        theta = theta + update
+        if on_step is not None:
+            on_step(t)
+    # Re-draw the same minibatches (lazily: 10,000 MNIST batches would not fit in memory)
+    # to average the frozen final parameters over them.
+    gen = torch.Generator().manual_seed(batch_seed)
+    total, count = torch.zeros((), device=theta.device), 0
+    for t in range(n_steps):
+        batch = task.sample_batch(gen)
+        if final_loss == "average_over_seen" or t == n_steps - 1:
+            total, count = total + task.loss(theta, batch), count + 1
+    total = total / count
+    return curve.cpu(), total.item()
+
+
+def evaluate(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_runs: int,
+             seed: int = 0, final_loss: str = "average_over_seen",
+             progress: Callable[[str, int], None] | None = None) -> dict[str, EvalResult]:
+    """Paired comparison of ``optimizers`` on ``task`` over ``n_runs`` runs of ``n_steps``."""
+    if n_steps <= 0 or n_runs <= 0:
+        raise ValueError(f"evaluation needs positive steps and runs, got steps={n_steps}, "
+                         f"runs={n_runs}")
+    if final_loss not in FINAL_LOSS_RULES:
+        raise ValueError(f"unknown final_loss rule {final_loss!r}; valid: {FINAL_LOSS_RULES}")
+    if not optimizers:
+        raise ValueError("evaluate needs at least one optimizer")
+    curves = {name: torch.empty(n_runs, n_steps) for name in optimizers}
+    finals = {name: torch.empty(n_runs) for name in optimizers}
+    for run in range(n_runs):
+        gen = torch.Generator().manual_seed(run_seed(seed, run, 0))
+        instance = task.sample_instance(gen)
+        theta0 = instance.init_params(gen)
+        batch_seed = run_seed(seed, run, 1)
+        for name, opt in optimizers.items():
+            curve, final = run_optimizer(instance, opt, theta0, batch_seed, n_steps, final_loss)
+            curves[name][run], finals[name][run] = curve, final
+            if progress is not None:
+                progress(name, run)
+    return {name: EvalResult(name, curves[name], finals[name]) for name in optimizers}

@@ -1,0 +1,30 @@
+"""The Hydra entrypoint: ``l2o ...`` or ``python -m l2o_pipeline ...``.
+
+A thin wrapper: compose the config, hand it to :func:`l2o_pipeline.pipeline.run`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from l2o_pipeline.config import register_configs
+
+# Absolute path: a relative one breaks under `python -m` and console scripts (Hydra resolves
+# it as a Python package when the task function's module is not __main__).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    from l2o_pipeline.pipeline import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

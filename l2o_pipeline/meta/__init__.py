@@ -1,0 +1,13 @@
+"""Outer training: truncated BPTT, meta-loss weights, checkpoints, model selection."""
+
+from l2o_pipeline.meta.train import (
+    META_LOSSES,
+    SELECTION_RULES,
+    MetaTrainResult,
+    MetaTrainSettings,
+    meta_train,
+    truncated_meta_loss,
+)
+
+__all__ = ["META_LOSSES", "SELECTION_RULES", "MetaTrainResult", "MetaTrainSettings",
+           "meta_train", "truncated_meta_loss"]

@@ -1,0 +1,308 @@
+"""Meta-training by truncated BPTT (spec §3), in one loop that reads top to bottom.
+
+One *iteration* = one optimizee run of ``steps_per_run`` steps from a fresh task instance and θ0,
+split into periods of ``unroll`` steps. Each period ends with one meta-update; the optimizee
+state (θ and the optimizer's recurrent state) crosses period boundaries without gradient.
+
+Meta-gradient: the optimizee gradient g_t is detached (∂∇/∂φ = 0, both papers), so
+d f(θ_t)/dφ = g_t · dθ_t/dφ. We therefore backpropagate the surrogate Σ_t w_t ⟨g_t, θ_t⟩
+instead of Σ_t w_t f(θ_t): the same gradient, without keeping the optimizee's graph alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from l2o_pipeline.checkpoint import (
+    STATE_FORMAT,
+    CheckpointError,
+    load_file,
+    optimizer_payload,
+    save_atomic,
+)
+from l2o_pipeline.evaluate import evaluate
+from l2o_pipeline.optimizees.base import Task
+from l2o_pipeline.optimizers.base import State, detach_state
+from l2o_pipeline.optimizers.learned import LearnedOptimizer
+
+log = logging.getLogger(__name__)
+
+META_LOSSES = ("last", "mean", "sum_all")
+SELECTION_RULES = ("ema_train_loss", "validation", "last")
+
+
+@dataclass
+class MetaTrainSettings:
+    n_iterations: int = 1000
+    steps_per_run: int = 100
+    unroll: int = 20
+    meta_lr: float = 1e-4
+    # "last": f at the last step of each period (official RNNprop); "mean": mean over the
+    # period (paper 1's DMoptimizer); "sum_all": sum of f(θ_0..θ_unroll) (DeepMind's code).
+    meta_loss: str = "last"
+    checkpoint_every: int = 1000
+    state_every: int = 10
+    selection: str = "ema_train_loss"
+    ema_decay: float = 0.99
+    validation_runs: int = 10
+    validation_steps: int = 100
+    second_order: bool = False
+    log_every: int = 10
+
+    def validate(self) -> None:
+        for key in ("n_iterations", "steps_per_run", "unroll", "checkpoint_every",
+                    "state_every", "validation_runs", "validation_steps", "log_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"meta_train.{key} must be a positive integer, got {value!r}")
+        if self.unroll > self.steps_per_run:
+            raise ValueError(f"horizon.unroll ({self.unroll}) is longer than the run "
+                             f"(horizon.steps_per_run = {self.steps_per_run})")
+        if self.steps_per_run % self.unroll:
+            raise ValueError(f"horizon.steps_per_run ({self.steps_per_run}) must be a multiple "
+                             f"of horizon.unroll ({self.unroll})")
+        if not self.meta_lr > 0:
+            raise ValueError(f"meta_train.meta_lr must be positive, got {self.meta_lr!r}")
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_train.meta_loss: unknown {self.meta_loss!r}; "
+                             f"valid: {META_LOSSES}")
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(f"meta_train.selection: unknown {self.selection!r}; "
+                             f"valid: {SELECTION_RULES}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"meta_train.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+
+
+@dataclass
+class MetaTrainResult:
+    iterations: int
+    best_checkpoint: Path | None
+    final_checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)
+    nonfinite_skips: int = 0
+    interrupted: bool = False
+    selection: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def meta_loss_weights(kind: str, unroll: int) -> list[float]:
+    """Weight of f(θ_t) for t = 0..unroll (the last entry is the state after the period)."""
+    if kind == "last":
+        return [0.0] * (unroll - 1) + [1.0, 0.0]
+    if kind == "mean":
+        return [1.0 / unroll] * unroll + [0.0]
+    return [1.0] * (unroll + 1)
+
+
+def truncated_meta_loss(model: LearnedOptimizer, task: Task, theta: torch.Tensor, state: State,
+                        generator: torch.Generator, weights: list[float],
+                        second_order: bool = False):
+    """Unroll one truncation period from (θ, state).
+
+    Returns (surrogate, meta_loss_value, θ_end, state_end). ``surrogate.backward()`` gives the
+    meta-gradient of Σ_t w_t f(θ_t); ``meta_loss_value`` is that sum (detached).
+    """
+    unroll = len(weights) - 1
+    surrogate = theta.new_zeros(())
+    value = theta.new_zeros(())
+    for t in range(unroll + 1):
+        w = weights[t]
+        if t == unroll and w == 0.0:
+            break
+        batch = task.sample_batch(generator)
+        if second_order:
+            loss = task.loss(theta, batch)
+            (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
+            loss = loss.detach()
+        else:
+            loss, grad = task.loss_and_grad(theta, batch)
+        if w:
+            surrogate = surrogate + w * torch.dot(grad.detach(), theta)
+            value = value + w * loss
+        if t < unroll:
+            update, state = model.step(grad, state)
+            theta = theta + update
+    return surrogate, value, theta, state
+
+
+def meta_train(
+    model: LearnedOptimizer,
+    task: Task,
+    settings: MetaTrainSettings,
+    output_dir: str | Path,
+    seed: int = 0,
+    variant: str | None = None,
+    config: dict | None = None,
+    writer=None,
+    validation_task: Task | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool | None = None,
+) -> MetaTrainResult:
+    """Meta-train ``model`` on ``task``; resume from ``output_dir/state.pt`` if it exists."""
+    settings.validate()
+    if settings.selection == "validation" and validation_task is None:
+        raise ValueError("meta_train.selection=validation needs a validation task")
+    out = Path(output_dir)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    variant = variant or model.name
+    device = next(model.parameters()).device
+    meta_opt = torch.optim.Adam(model.parameters(), lr=settings.meta_lr)
+    generator = torch.Generator().manual_seed(seed)
+    weights = meta_loss_weights(settings.meta_loss, settings.unroll)
+    n_periods = settings.steps_per_run // settings.unroll
+
+    # Everything the loop depends on lives in `progress_state`, so a resume is exact.
+    progress_state = {"iteration": 0, "nonfinite_skips": 0, "ema": None, "best_score": math.inf,
+                      "best_iteration": None, "losses": [], "elapsed": 0.0}
+    resumed = _load_training_state(out)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        meta_opt.load_state_dict(resumed["meta_opt"])
+        generator.set_state(resumed["generator"])
+        progress_state.update(resumed["progress"])
+        log.info("resumed meta-training at iteration %d from %s", progress_state["iteration"], out)
+
+    def save_state():
+        _save_training_state(out, {
+            "format": STATE_FORMAT, "model": model.state_dict(),
+            "meta_opt": meta_opt.state_dict(), "generator": generator.get_state(),
+            "progress": progress_state, "settings": asdict(settings), "config": config,
+        })
+
+    def select(iteration: int) -> None:
+        """Checkpoint the meta-parameters and apply the model-selection rule."""
+        if settings.selection == "ema_train_loss":
+            score = progress_state["ema"]
+        elif settings.selection == "validation":
+            results = evaluate(validation_task, {"model": model}, settings.validation_steps,
+                               settings.validation_runs, seed=seed + 1)
+            score = results["model"].summary()["final_loss_mean"]
+        else:
+            score = -iteration
+        score = math.inf if score is None or not math.isfinite(score) else float(score)
+        record = {"rule": settings.selection, "score": score, "iteration": iteration,
+                  "ema_decay": settings.ema_decay}
+        payload = optimizer_payload(model, variant, config, iteration=iteration, selection=record)
+        save_atomic(payload, ckpt_dir / f"iter_{iteration:07d}.pt")
+        if score <= progress_state["best_score"] or progress_state["best_iteration"] is None:
+            progress_state["best_score"], progress_state["best_iteration"] = score, iteration
+            payload["selection"] = {**record, "chosen": True}
+            save_atomic(payload, out / "best.pt")
+        if writer is not None:
+            writer.log({"meta/selection_score": score}, step=iteration)
+
+    start = time.perf_counter() - progress_state["elapsed"]
+    interrupted = False
+    bar = _progress_bar(settings.n_iterations, progress_state["iteration"], progress)
+    while progress_state["iteration"] < settings.n_iterations:
+        it = progress_state["iteration"]
+        instance = task.sample_instance(generator)
+        theta = instance.init_params(generator).to(device)
+        state = model.init_state(theta.numel(), device, theta.dtype)
+        period_losses = []
+        for _ in range(n_periods):
+            theta, state = theta.detach(), detach_state(state)
+            if settings.second_order:
+                theta.requires_grad_(True)
+            surrogate, value, theta, state = truncated_meta_loss(
+                model, instance, theta, state, generator, weights, settings.second_order)
+            meta_opt.zero_grad(set_to_none=True)
+            if surrogate.requires_grad:
+                surrogate.backward()
+            grads_finite = all(p.grad is None or torch.isfinite(p.grad).all()
+                               for p in model.parameters())
+            if not (torch.isfinite(value) and grads_finite):
+                # Never let a non-finite loss or gradient touch φ: skip and restart the run.
+                progress_state["nonfinite_skips"] += 1
+                log.warning("non-finite meta-loss or meta-gradient at iteration %d: update "
+                            "skipped, optimizee run restarted (%d so far)", it,
+                            progress_state["nonfinite_skips"])
+                period_losses = []
+                break
+            meta_opt.step()
+            period_losses.append(value.item())
+        it += 1
+        progress_state["iteration"] = it
+        if period_losses:
+            loss = sum(period_losses) / len(period_losses)
+            progress_state["losses"].append(loss)
+            ema = progress_state["ema"]
+            progress_state["ema"] = loss if ema is None else (
+                settings.ema_decay * ema + (1 - settings.ema_decay) * loss)
+            if writer is not None and (it % settings.log_every == 0 or it == 1):
+                writer.log({"meta/loss": loss, "meta/loss_ema": progress_state["ema"],
+                            "meta/nonfinite_skips": progress_state["nonfinite_skips"]}, step=it)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4g}", ema=f"{progress_state['ema']:.4g}")
+        if bar is not None:
+            bar.update(1)
+        if it % settings.checkpoint_every == 0 or it == settings.n_iterations:
+            select(it)
+        progress_state["elapsed"] = time.perf_counter() - start
+        if it % settings.state_every == 0 or it == settings.n_iterations or it % \
+                settings.checkpoint_every == 0:
+            save_state()
+        if should_stop() and it < settings.n_iterations:
+            save_state()
+            interrupted = True
+            log.warning("stop requested: state saved at iteration %d in %s", it, out)
+            break
+    if bar is not None:
+        bar.close()
+
+    final = None
+    if not interrupted:
+        final = save_atomic(optimizer_payload(model, variant, config,
+                                              iteration=progress_state["iteration"]),
+                            out / "final.pt")
+    best = out / "best.pt"
+    return MetaTrainResult(
+        iterations=progress_state["iteration"],
+        best_checkpoint=best if best.exists() else None,
+        final_checkpoint=final,
+        losses=list(progress_state["losses"]),
+        nonfinite_skips=progress_state["nonfinite_skips"],
+        interrupted=interrupted,
+        selection={"rule": settings.selection, "best_iteration": progress_state["best_iteration"],
+                   "best_score": progress_state["best_score"]},
+        seconds=progress_state["elapsed"],
+    )
+
+
+def _progress_bar(total: int, initial: int, enabled: bool | None):
+    if enabled is False:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: quiet when stderr is not a terminal (SLURM logs, CI).
+    return tqdm(total=total, initial=initial, desc="meta-train", unit="it", dynamic_ncols=True,
+                disable=None if enabled is None else not enabled, mininterval=1.0)
+
+
+def _save_training_state(out: Path, obj: dict) -> None:
+    """Keep the previous good state beside the new one: a corrupt file falls back to it."""
+    path, prev = out / "state.pt", out / "state.prev.pt"
+    if path.exists():
+        shutil.copyfile(path, prev)
+    save_atomic(obj, path)
+
+
+def _load_training_state(out: Path) -> dict | None:
+    for name in ("state.pt", "state.prev.pt"):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            return load_file(path, STATE_FORMAT)
+        except CheckpointError as exc:
+            log.warning("ignoring unusable training state %s: %s", path, exc)
+    return None

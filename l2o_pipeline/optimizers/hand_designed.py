@@ -1,0 +1,137 @@
+"""Hand-designed baselines with TensorFlow's default semantics (spec §4).
+
+PyTorch's defaults differ (Adam's ε placement, RMSprop's accumulator init, Adagrad's initial
+accumulator), and the paper tuned only the learning rate with TF defaults for the rest.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from l2o_pipeline.optimizers.base import Optimizer
+from l2o_pipeline.utils import check_positive
+
+
+class HandDesigned(Optimizer):
+    learned = False
+
+    def __init__(self, lr: float):
+        super().__init__()
+        check_positive(f"{self.name}.lr", lr)
+        self.lr = float(lr)
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr:g}"
+
+
+class SGD(HandDesigned):
+    name = "sgd"
+
+    def init_state(self, n, device="cpu", dtype=torch.float32):
+        return ()
+
+    def step(self, grad, state):
+        return -self.lr * grad, state
+
+
+class Momentum(HandDesigned):
+    """tf.train.MomentumOptimizer: acc ← μ·acc + g; θ ← θ − lr·acc. μ is not in the paper."""
+
+    name = "momentum"
+
+    def __init__(self, lr: float, momentum: float = 0.9):
+        super().__init__(lr)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum.momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+
+    def init_state(self, n, device="cpu", dtype=torch.float32):
+        return (torch.zeros(n, device=device, dtype=dtype),)
+
+    def step(self, grad, state):
+        (acc,) = state
+        acc = self.momentum * acc + grad
+        return -self.lr * acc, (acc,)
+
+
+class Adagrad(HandDesigned):
+    """tf.train.AdagradOptimizer: accumulator starts at 0.1, no ε."""
+
+    name = "adagrad"
+
+    def __init__(self, lr: float, initial_accumulator: float = 0.1):
+        super().__init__(lr)
+        check_positive("adagrad.initial_accumulator", initial_accumulator)
+        self.initial_accumulator = float(initial_accumulator)
+
+    def init_state(self, n, device="cpu", dtype=torch.float32):
+        return (torch.full((n,), self.initial_accumulator, device=device, dtype=dtype),)
+
+    def step(self, grad, state):
+        (acc,) = state
+        acc = acc + grad * grad
+        return -self.lr * grad / acc.sqrt(), (acc,)
+
+
+class Adadelta(HandDesigned):
+    """tf.train.AdadeltaOptimizer (ρ = 0.95, ε = 1e-8); the update is scaled by lr."""
+
+    name = "adadelta"
+
+    def __init__(self, lr: float, rho: float = 0.95, eps: float = 1e-8):
+        super().__init__(lr)
+        self.rho, self.eps = float(rho), float(eps)
+
+    def init_state(self, n, device="cpu", dtype=torch.float32):
+        z = torch.zeros(n, device=device, dtype=dtype)
+        return (z, z.clone())
+
+    def step(self, grad, state):
+        accum, accum_update = state
+        accum = self.rho * accum + (1 - self.rho) * grad * grad
+        delta = (accum_update + self.eps).sqrt() / (accum + self.eps).sqrt() * grad
+        accum_update = self.rho * accum_update + (1 - self.rho) * delta * delta
+        return -self.lr * delta, (accum, accum_update)
+
+
+class RMSprop(HandDesigned):
+    """tf.train.RMSPropOptimizer: decay 0.9, momentum 0, ε = 1e-10 inside the sqrt, ms = 1."""
+
+    name = "rmsprop"
+
+    def __init__(self, lr: float, decay: float = 0.9, eps: float = 1e-10):
+        super().__init__(lr)
+        self.decay, self.eps = float(decay), float(eps)
+
+    def init_state(self, n, device="cpu", dtype=torch.float32):
+        return (torch.ones(n, device=device, dtype=dtype),)
+
+    def step(self, grad, state):
+        (ms,) = state
+        ms = self.decay * ms + (1 - self.decay) * grad * grad
+        return -self.lr * grad / (ms + self.eps).sqrt(), (ms,)
+
+
+class Adam(HandDesigned):
+    """tf.train.AdamOptimizer: ε added to the un-bias-corrected √v; bias correction in lr_t."""
+
+    name = "adam"
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def init_state(self, n, device="cpu", dtype=torch.float32):
+        z = torch.zeros(n, device=device, dtype=dtype)
+        return (z, z.clone(), torch.zeros((), device=device, dtype=dtype))
+
+    def step(self, grad, state):
+        m, v, t = state
+        t = t + 1
+        m = self.beta1 * m + (1 - self.beta1) * grad
+        v = self.beta2 * v + (1 - self.beta2) * grad * grad
+        lr_t = self.lr * torch.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        return -lr_t * m / (v.sqrt() + self.eps), (m, v, t)
+
+
+HAND_DESIGNED = {cls.name: cls for cls in (SGD, Momentum, Adagrad, Adadelta, RMSprop, Adam)}

@@ -1,0 +1,304 @@
+"""The entrypoint's plain function: ``run(cfg) -> float``, testable without ``@hydra.main``.
+
+Stages: meta-train a learned optimizer, evaluate one (or a hand-designed optimizer) against
+baselines, or both. Everything is written under ``cfg.paths.output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from l2o_pipeline.baselines import resolve_lr, task_key
+from l2o_pipeline.checkpoint import load_optimizer, resolve_checkpoint
+from l2o_pipeline.config import ConfigError, validate_config
+from l2o_pipeline.evaluate import evaluate
+from l2o_pipeline.meta import MetaTrainSettings, meta_train
+from l2o_pipeline.optimizees import build_task
+from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, build_optimizer
+from l2o_pipeline.tricks import Combined, RandomScaling
+
+log = logging.getLogger(__name__)
+
+LEARNED_KEYS = {
+    "rnnprop": ("hidden_size", "n_layers", "beta1", "beta2", "eps", "alpha", "init"),
+    "dmoptimizer": ("hidden_size", "n_layers", "preprocess_p", "output_scale", "init"),
+}
+HAND_KEYS = ("lr", "momentum", "rho", "decay", "initial_accumulator", "beta1", "beta2", "eps")
+
+
+def config_dict(cfg: DictConfig) -> dict:
+    """The resolved config without Hydra's own node (saved in checkpoints and W&B)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: DictConfig):
+    """The optimizer named by ``cfg.optimizer`` with its configured keys (None = default)."""
+    opt = cfg.optimizer
+    family = "dmoptimizer" if opt.name.startswith("dmoptimizer") else opt.name
+    keys = LEARNED_KEYS.get(family, HAND_KEYS)
+    kwargs = {k: opt[k] for k in keys if opt.get(k) is not None}
+    return build_optimizer(opt.name, **kwargs)
+
+
+def build_training_task(cfg: DictConfig, device) -> tuple:
+    """(task with the tricks applied, the plain task) for meta-training."""
+    plain = build_task(cfg.optimizee, cfg.data.dir, cfg.data.download, cfg.data.mnist_fallback,
+                       device)
+    rs, cc = cfg.tricks.random_scaling, cfg.tricks.convex_combination
+    from l2o_pipeline.optimizees import SquareTask
+
+    task = RandomScaling(plain, rs.k) if rs.enabled else plain
+    if cc.enabled:
+        convex = SquareTask(cc.dim, cc.x0, cc.clip, device)
+        # The convex part is scaled only under Random Scaling (its own k): "RNNprop without
+        # Random Scaling" then means no scaling at all.
+        task = Combined([task, RandomScaling(convex, cc.scale_k) if rs.enabled else convex])
+    return task, plain
+
+
+@contextmanager
+def stop_on_signals(phase: dict):
+    """SIGTERM / SIGUSR2 (SLURM's pre-emption warning) stop meta-training at the end of the
+    current iteration, after its state is saved; then a handler that was installed before ours
+    (submitit's, which requeues the job) runs. Outside meta-training it runs at once."""
+    requested: dict = {"signal": None}
+    previous = {}
+
+    def handler(signum, frame):
+        requested["signal"] = signum
+        if not phase.get("meta_train"):
+            _chain(signum, frame)
+
+    def _chain(signum, frame):
+        prev = previous.get(signum)
+        if callable(prev):
+            prev(signum, frame)
+        else:
+            raise SystemExit(128 + signum)
+
+    signals = [signal.SIGTERM] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
+    try:
+        for s in signals:
+            previous[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        signals = []
+    try:
+        yield requested, _chain
+    finally:
+        for s in signals:
+            signal.signal(s, previous[s])
+
+
+def run(cfg: DictConfig) -> float:
+    """Run the configured stages; return the headline metric (lower is better)."""
+    validate_config(cfg)
+    out = Path(cfg.paths.output_dir)
+    done = out / "DONE"
+    if cfg.skip_if_done and done.is_file():
+        metric = json.loads(done.read_text())["metric"]
+        log.info("%s is finished (metric %.6g); skipping. skip_if_done=false to run again",
+                 out, metric)
+        return metric
+    device = resolve_device(cfg.device)
+    baseline_lrs = _resolve_baselines(cfg)  # a missing tuned rate fails before any work
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    config = config_dict(cfg)
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config))
+
+    from l2o_pipeline.tracking import make_writer
+
+    wandb_cfg = dict(config["logger"]["wandb"])
+    wandb_cfg.setdefault("tags", [])
+    wandb_cfg["tags"] = list(wandb_cfg["tags"]) + [cfg.optimizer.name, cfg.optimizee.name,
+                                                    cfg.stage]
+    if not wandb_cfg.get("name"):
+        group = wandb_cfg.get("group") or cfg.optimizer.name
+        wandb_cfg["name"] = f"{group}/seed={cfg.seed}"
+    resume_step = _resume_step(out)
+    writer = make_writer(out, wandb_cfg, config, resume_step=resume_step)
+    phase: dict = {}
+    metric = math.nan
+    try:
+        with stop_on_signals(phase) as (requested, chain):
+            checkpoint = None
+            if cfg.stage in ("meta_train", "both"):
+                phase["meta_train"] = True
+                result = _meta_train_stage(cfg, device, out, config, writer,
+                                           lambda: requested["signal"] is not None)
+                phase["meta_train"] = False
+                if result.interrupted:
+                    log.warning("meta-training stopped by signal %s; state saved in %s",
+                                requested["signal"], out)
+                    chain(requested["signal"], None)
+                    return math.nan
+                checkpoint = result.best_checkpoint or result.final_checkpoint
+                metric = result.selection["best_score"]
+            if cfg.stage in ("evaluate", "both"):
+                metric = _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs)
+        writer.summary({"metric": metric})
+        done.write_text(json.dumps({"metric": metric, "finished": time.time()}))
+    finally:
+        writer.close()
+    return metric
+
+
+def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:
+    if cfg.stage == "meta_train":
+        return {}
+    key = task_key(cfg.optimizee)
+    table = {}
+    for horizon in cfg.horizon.eval_steps:
+        table[horizon] = {}
+        for base, lr in cfg.evaluation.baselines.items():
+            if base != cfg.optimizer.name:
+                try:
+                    table[horizon][base] = resolve_lr(base, lr, key, horizon,
+                                                      cfg.evaluation.tuned_lrs)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
+    return table
+
+
+def _resume_step(out: Path) -> int | None:
+    state = out / "state.pt"
+    if not state.exists():
+        return None
+    try:
+        return int(torch.load(state, map_location="cpu", weights_only=False)["progress"]
+                   ["iteration"])
+    except Exception:  # a corrupt state is handled (and reported) by meta_train itself
+        return None
+
+
+def _meta_train_stage(cfg, device, out, config, writer, should_stop):
+    torch.manual_seed(cfg.seed)  # meta-parameter init; task sampling has its own generator
+    model = build_model(cfg).to(device)
+    task, plain = build_training_task(cfg, device)
+    opt = cfg.optimizer
+    settings = MetaTrainSettings(
+        n_iterations=cfg.meta_train.n_iterations,
+        steps_per_run=cfg.horizon.steps_per_run,
+        unroll=cfg.horizon.unroll,
+        meta_lr=opt.meta_lr or cfg.meta_train.meta_lr,
+        meta_loss=opt.meta_loss or "last",
+        checkpoint_every=cfg.meta_train.checkpoint_every,
+        state_every=cfg.meta_train.state_every,
+        selection=cfg.meta_train.selection,
+        ema_decay=cfg.meta_train.ema_decay,
+        validation_runs=cfg.meta_train.validation_runs,
+        validation_steps=cfg.meta_train.validation_steps,
+        second_order=cfg.meta_train.second_order,
+        log_every=cfg.meta_train.log_every,
+    )
+    log.info("meta-training %s on %s (%d coordinates) for %d iterations -> %s",
+             opt.name, task.name, task.n_params, settings.n_iterations, out)
+    result = meta_train(model, task, settings, out, seed=cfg.seed, variant=opt.name,
+                        config=config, writer=writer, validation_task=plain,
+                        should_stop=should_stop)
+    if not result.interrupted:
+        log.info("meta-training done: %d iterations in %.1f s, %d non-finite skips; selected "
+                 "iteration %s (%s = %.5g)", result.iterations, result.seconds,
+                 result.nonfinite_skips, result.selection["best_iteration"],
+                 result.selection["rule"], result.selection["best_score"])
+        writer.summary({"meta/iterations": result.iterations,
+                        "meta/seconds": result.seconds,
+                        "meta/nonfinite_skips": result.nonfinite_skips,
+                        "meta/best_iteration": result.selection["best_iteration"],
+                        "meta/best_score": result.selection["best_score"]})
+        if result.best_checkpoint is not None:
+            writer.log_artifact(result.best_checkpoint, f"{opt.name}-{cfg.seed}", "model",
+                                metadata=result.selection)
+    return result
+
+
+def _learned_for_evaluation(cfg, device, checkpoint):
+    spec = checkpoint or cfg.evaluation.checkpoint
+    if spec is None:
+        raise ConfigError(
+            f"evaluation.checkpoint is not set: evaluating {cfg.optimizer.name} needs a "
+            "meta-trained optimizer (a .pt file, a run folder or a packaged name). Produce "
+            f"one with: l2o stage=meta_train optimizer={cfg.optimizer.name} ..., or use "
+            "stage=both")
+    path = resolve_checkpoint(spec)
+    family = "dmoptimizer" if cfg.optimizer.name.startswith("dmoptimizer") else "rnnprop"
+    model, payload = load_optimizer(path, expected_class=family, device=device)
+    log.info("evaluating %s from %s (iteration %s)", cfg.optimizer.name, path,
+             payload.get("iteration"))
+    return model
+
+
+def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float:
+    from l2o_pipeline.plots import plot_loss_curves
+
+    name = cfg.optimizer.name
+    if name in LEARNED:
+        main = _learned_for_evaluation(cfg, device, checkpoint)
+    else:
+        main = build_model(cfg)
+    task = build_task(cfg.optimizee, cfg.data.dir, cfg.data.download, cfg.data.mnist_fallback,
+                      device)
+    key = task_key(cfg.optimizee)
+    eval_dir = out / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    summary = {"task": key, "task_name": task.name, "n_runs": cfg.evaluation.n_runs,
+               "final_loss": cfg.evaluation.final_loss, "optimizer": name, "horizons": {}}
+    headline = math.nan
+    for horizon in cfg.horizon.eval_steps:
+        optimizers = {name: main}
+        lrs = {name: getattr(main, "lr", None)}
+        for base, (value, source) in baseline_lrs[horizon].items():
+            optimizers[base] = HAND_DESIGNED[base](lr=value)
+            lrs[base] = value
+            log.info("baseline %s lr=%.6g (%s) at %d steps", base, value, source, horizon)
+        start = time.perf_counter()
+        results = evaluate(task, optimizers, horizon, cfg.evaluation.n_runs,
+                           seed=cfg.evaluation.seed, final_loss=cfg.evaluation.final_loss)
+        seconds = time.perf_counter() - start
+        rows = []
+        block = {}
+        for opt_name, res in results.items():
+            s = res.summary() | {"lr": lrs[opt_name]}
+            block[opt_name] = s
+            rows.append([horizon, opt_name, lrs[opt_name], s["final_loss_mean"],
+                         s["final_loss_std"], s["n_diverged"]])
+            log.info("%-10s %5d steps: final loss %.5g ± %.3g", opt_name, horizon,
+                     s["final_loss_mean"], s["final_loss_std"])
+        summary["horizons"][str(horizon)] = block | {"_seconds": seconds}
+        torch.save({k: r.curves for k, r in results.items()}, eval_dir / f"curves_{horizon}.pt")
+        png = plot_loss_curves({k: r.curves for k, r in results.items()},
+                               eval_dir / f"loss_curves_{horizon}.png",
+                               f"{task.name}, {horizon} steps, {cfg.evaluation.n_runs} runs")
+        writer.log_image(f"eval/loss_curves_{horizon}", png)
+        writer.log_table(f"eval/final_loss_{horizon}",
+                         ["horizon", "optimizer", "lr", "final_loss_mean", "final_loss_std",
+                          "n_diverged"], rows)
+        writer.summary({f"eval/{horizon}/{k}/final_loss": v["final_loss_mean"]
+                        for k, v in block.items()})
+        if math.isnan(headline):
+            headline = block[name]["final_loss_mean"]
+    tmp = eval_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, eval_dir / "summary.json")
+    return headline

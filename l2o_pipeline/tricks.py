@@ -1,0 +1,79 @@
+"""The RNNprop training tricks as task wrappers (spec §3C).
+
+Random Scaling: optimize f_c(θ) = f(c ⊙ θ) from θ0 / c with c_i = exp(U[−k, k]), drawn anew for
+every optimizee run, so f_c(θ0 / c) = f(θ0). Combination with a convex function: one task over the
+concatenated coordinates whose loss is the sum of the two losses.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from l2o_pipeline.optimizees.base import Task
+from l2o_pipeline.utils import check_positive
+
+
+class RandomScaling(Task):
+    def __init__(self, task: Task, k: float = 3.0, scale: torch.Tensor | None = None):
+        check_positive("random_scaling.k", k)
+        self.task, self.k, self.scale = task, k, scale
+        self.n_params = task.n_params
+        self.name = f"{task.name}+rs{k:g}"
+
+    @property
+    def device(self):
+        return self.task.device
+
+    def sample_instance(self, generator):
+        inner = self.task.sample_instance(generator)
+        u = torch.rand(self.n_params, generator=generator) * (2 * self.k) - self.k
+        return RandomScaling(inner, self.k, torch.exp(u).to(inner.device))
+
+    def _scale(self, dtype):
+        if self.scale is None:
+            raise RuntimeError("RandomScaling needs an instance: call sample_instance()")
+        return self.scale.to(dtype)
+
+    def init_params(self, generator):
+        theta0 = self.task.init_params(generator)
+        return theta0 / self._scale(theta0.dtype)
+
+    def sample_batch(self, generator):
+        return self.task.sample_batch(generator)
+
+    def loss(self, params, batch):
+        return self.task.loss(params * self._scale(params.dtype), batch)
+
+
+class Combined(Task):
+    """Sum of several tasks over concatenated coordinates (the convex combination trick)."""
+
+    def __init__(self, tasks: list[Task]):
+        if not tasks:
+            raise ValueError("Combined needs at least one task")
+        self.tasks = list(tasks)
+        self.sizes = [t.n_params for t in self.tasks]
+        self.n_params = sum(self.sizes)
+        self.name = "+".join(t.name for t in self.tasks)
+
+    @property
+    def device(self):
+        return self.tasks[0].device
+
+    def sample_instance(self, generator):
+        return Combined([t.sample_instance(generator) for t in self.tasks])
+
+    def init_params(self, generator):
+        return torch.cat([t.init_params(generator).to(self.device) for t in self.tasks])
+
+    def sample_batch(self, generator):
+        return tuple(t.sample_batch(generator) for t in self.tasks)
+
+    def loss(self, params, batch):
+        parts = params.split(self.sizes)
+        return sum(t.loss(p, b) for t, p, b in zip(self.tasks, parts, batch))
+
+    @property
+    def main(self) -> Task:
+        """The first task (the optimizee proper), without the convex companion."""
+        return self.tasks[0]
