@@ -106,7 +106,7 @@ class MetaTrainConfig:
     meta_lr: float = 1e-4
     checkpoint_every: int = 1000
     state_every: int = 10
-    selection: str = "ema_train_loss"
+    selection: str | None = None
     ema_decay: float = 0.99
     validation_runs: int = 10
     validation_steps: int = 100
@@ -267,7 +267,10 @@ def validate_config(cfg: DictConfig) -> None:
                 "validation_steps", "log_every"):
         _positive(f"meta_train.{key}", mt[key], integer=True)
     _positive("meta_train.meta_lr", mt.meta_lr)
-    _one_of("meta_train.selection", mt.selection, SELECTION_RULES)
+    if mt.selection is not None:
+        _one_of("meta_train.selection", mt.selection, SELECTION_RULES)
+    if opt.selection is not None:
+        _one_of("optimizer.selection", opt.selection, SELECTION_RULES)
     if not 0 <= mt.ema_decay < 1:
         raise ConfigError(f"meta_train.ema_decay={mt.ema_decay!r} must be in [0, 1)")
     if cfg.stage in ("meta_train", "both") and opt.name not in LEARNED:

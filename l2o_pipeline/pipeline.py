@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from l2o_pipeline.baselines import resolve_lr, task_key
 from l2o_pipeline.checkpoint import load_optimizer, resolve_checkpoint
@@ -38,9 +38,10 @@ HAND_KEYS = ("lr", "momentum", "rho", "decay", "initial_accumulator", "beta1", "
 
 def config_dict(cfg: DictConfig) -> dict:
     """The resolved config without Hydra's own node (saved in checkpoints and W&B)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)  # composed with return_hydra_config (tests): not ours to save
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -205,7 +206,7 @@ def _meta_train_stage(cfg, device, out, config, writer, should_stop):
         meta_loss=opt.meta_loss or "last",
         checkpoint_every=cfg.meta_train.checkpoint_every,
         state_every=cfg.meta_train.state_every,
-        selection=cfg.meta_train.selection,
+        selection=cfg.meta_train.selection or opt.selection or "ema_train_loss",
         ema_decay=cfg.meta_train.ema_decay,
         validation_runs=cfg.meta_train.validation_runs,
         validation_steps=cfg.meta_train.validation_steps,

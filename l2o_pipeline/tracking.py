@@ -328,13 +328,7 @@ class WandbWriter(Writer):
                 str(err).splitlines()[0][:200],
             )
             self.mode = "offline"
-            # wandb-core keeps the failed run's id reserved, so a same-id offline init fails
-            # with "run ID ... is in use" (and leaves a stub dir); a fresh service releases it.
-            try:
-                wandb.teardown()
-            except Exception:  # best effort; the init below reports the real problem
-                log.debug("wandb.teardown() failed", exc_info=True)
-            self.run = wandb.init(mode="offline", **kwargs)
+            self.run = self._offline_fallback(kwargs)
         self.init_seconds = time.monotonic() - t0
         run_dir = Path(self.run.dir).parent  # run.dir is <run_dir>/files
         if self.mode == "offline":
@@ -347,6 +341,28 @@ class WandbWriter(Writer):
             )
         else:
             log.info("W&B run %s: %s (local files in %s)", self.run_id, self.run.url, run_dir)
+
+    def _offline_fallback(self, kwargs: dict[str, Any]):
+        wandb = self._wandb
+        # wandb-core keeps the failed run's id reserved, so a same-id offline init fails
+        # with "run ID ... is in use" (and leaves a stub dir); a fresh service releases it.
+        try:
+            wandb.teardown()
+        except Exception:  # best effort; the init below reports the real problem
+            log.debug("wandb.teardown() failed", exc_info=True)
+        try:
+            return wandb.init(mode="offline", **kwargs)
+        except Exception as err:
+            # A service we do not own (WANDB_SERVICE inherited from a parent process) survives
+            # teardown and still holds the id. An offline run under a new id beats none; the
+            # id file is left alone so a requeued job resumes the original run.
+            new_id = _new_run_id()
+            log.warning(
+                "W&B offline init with run id %s failed (%s); logging this segment as run %s",
+                self.run_id, str(err).splitlines()[0][:200], new_id,
+            )  # fmt: skip
+            self.run_id = new_id
+            return wandb.init(mode="offline", **dict(kwargs, id=new_id))
 
     @property
     def run_dir(self) -> Path | None:

@@ -1,0 +1,52 @@
+"""Shared fixtures: compose the Hydra config in-process, keep W&B off the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from l2o_pipeline.config import register_configs
+from l2o_pipeline.main import CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS_DIR = ROOT / "sweeps"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_wandb(tmp_path_factory, monkeypatch):
+    """No test talks to W&B's servers or writes to $HOME; tests opt in to offline runs."""
+    home = tmp_path_factory.mktemp("wandb_home")
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("L2O_TEST_WANDB_MODE", "disabled"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(home))
+    monkeypatch.setenv("L2O_DATA_DIR", str(home / "data"))  # never the developer's datasets
+
+
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "config",
+                   config_dir: str = CONFIG_DIR):
+    """Compose like the CLI does (with Hydra's node, so ${hydra:...} resolves)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.runs_dir = str(output_dir.parent / "runs")
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(*overrides: str, output_dir: Path | None = None):
+        return compose_config(list(overrides), output_dir or tmp_path / "run")
+
+    yield _make
+    GlobalHydra.instance().clear()

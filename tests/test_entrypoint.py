@@ -1,0 +1,160 @@
+"""The entrypoint in-process (debug settings) and as a CLI: stages, outputs, resume, W&B."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2o_pipeline.checkpoint import load_optimizer
+from l2o_pipeline.config import ConfigError
+from l2o_pipeline.pipeline import run
+from l2o_pipeline.tracking import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG = ["debug=default"]
+
+
+def test_meta_train_stage_writes_checkpoints_metrics_and_config(make_cfg, tmp_path):
+    cfg = make_cfg(*DEBUG, "stage=meta_train")
+    metric = run(cfg)
+    out = tmp_path / "run"
+    assert metric == pytest.approx(json.loads((out / "DONE").read_text())["metric"])
+    assert (out / "best.pt").is_file() and (out / "final.pt").is_file()
+    assert (out / "config_resolved.yaml").is_file()
+    model, payload = load_optimizer(out / "best.pt", expected_class="rnnprop")
+    assert payload["config"]["optimizer"]["name"] == "rnnprop"
+    assert payload["config"]["tricks"]["random_scaling"]["enabled"]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "meta/loss" in r] == [1, 2, 3, 4]
+    assert not (out / "eval").exists()
+
+
+def test_both_stages_write_an_evaluation_summary_and_plots(make_cfg, tmp_path):
+    cfg = make_cfg(*DEBUG, "stage=both", "+evaluation.baselines.sgd=0.1")
+    metric = run(cfg)
+    out = tmp_path / "run"
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    block = summary["horizons"]["10"]
+    assert set(block) == {"rnnprop", "adam", "sgd", "_seconds"}
+    assert block["rnnprop"]["final_loss_mean"] == pytest.approx(metric)
+    assert block["adam"]["lr"] == 0.03125 and block["sgd"]["lr"] == 0.1
+    assert (out / "eval" / "loss_curves_10.png").stat().st_size > 1000
+    curves = torch.load(out / "eval" / "curves_10.pt")
+    assert curves["adam"].shape == (2, 10)
+
+
+def test_evaluate_stage_with_a_checkpoint_and_a_hand_designed_optimizer(make_cfg, tmp_path):
+    train_dir = tmp_path / "train"
+    run(make_cfg(*DEBUG, "stage=meta_train", output_dir=train_dir))
+    learned = run(make_cfg(*DEBUG, "stage=evaluate", f"evaluation.checkpoint={train_dir}",
+                           output_dir=tmp_path / "eval_learned"))
+    again = run(make_cfg(*DEBUG, "stage=evaluate", f"evaluation.checkpoint={train_dir}/best.pt",
+                         "skip_if_done=false", output_dir=tmp_path / "eval_learned"))
+    assert learned == pytest.approx(again)  # paired, seeded: the same number twice
+    hand = run(make_cfg(*DEBUG, "stage=evaluate", "optimizer=sgd", "optimizer.lr=0.5",
+                        output_dir=tmp_path / "eval_sgd"))
+    summary = json.loads((tmp_path / "eval_sgd" / "eval" / "summary.json").read_text())
+    assert summary["horizons"]["10"]["sgd"]["final_loss_mean"] == pytest.approx(hand)
+
+
+def test_evaluate_without_a_checkpoint_says_how_to_make_one(make_cfg):
+    with pytest.raises(ConfigError, match="stage=meta_train"):
+        run(make_cfg(*DEBUG, "stage=evaluate"))
+
+
+def test_a_finished_run_is_skipped(make_cfg, tmp_path):
+    cfg = make_cfg(*DEBUG, "stage=meta_train")
+    first = run(cfg)
+    mtime = (tmp_path / "run" / "final.pt").stat().st_mtime
+    assert run(cfg) == first
+    assert (tmp_path / "run" / "final.pt").stat().st_mtime == mtime
+
+
+def cli(*args, env=None, **kw):
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "l2o_pipeline", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, **kw)
+
+
+def test_cli_introspection():
+    job = cli("--cfg", "job", "optimizer=dmoptimizer")
+    assert job.returncode == 0 and "preprocess_p: 10.0" in job.stdout
+    info = cli("--info", "defaults")
+    assert info.returncode == 0 and "optimizer/rnnprop" in info.stdout
+
+
+def test_cli_bad_override_names_the_key():
+    proc = cli("horizon.unroll=0")
+    assert proc.returncode != 0 and "horizon.unroll" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_local_multirun_gives_one_wandb_run_per_job(tmp_path):
+    from tests.wandb_offline_reader import load_run
+
+    sweep = tmp_path / "sweep"
+    proc = cli("-m", *DEBUG, "logger=default", "stage=meta_train",
+               "optimizer=rnnprop,dmoptimizer", "seed=0,1", f"hydra.sweep.dir={sweep}",
+               "meta_train.n_iterations=2", env={"WANDB_MODE": "offline"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [load_run(d) for d in sorted(sweep.glob("*/seed_*/wandb/offline-run-*"))]
+    assert len(runs) == 4
+    # group = the grid cell: the overrides without the seed (and without debug/logger/stage)
+    assert {r["group"] for r in runs} == {f"meta_train.n_iterations=2,optimizer={o}"
+                                          for o in ("rnnprop", "dmoptimizer")}
+    assert len({r["id"] for r in runs}) == 4
+    for r in runs:
+        assert r["job_type"] == "meta_train"
+        assert r["name"] == f"{r['group']}/seed={r['config']['seed']}"
+        assert r["config"]["optimizer"]["name"] in r["group"]
+        steps = [h["_step"] for h in r["history"] if "meta/loss" in h]
+        assert steps == [1, 2]
+
+
+RESUME_ARGS = [*DEBUG, "stage=meta_train", "meta_train.n_iterations=25",
+               "meta_train.checkpoint_every=10", "meta_train.state_every=1"]
+
+
+def final_params(out: Path) -> dict:
+    return torch.load(out / "final.pt", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_meta_training_resumes_bit_exactly(tmp_path, sig):
+    reference = tmp_path / "reference"
+    assert cli(*RESUME_ARGS, f"hydra.run.dir={reference}", timeout=600).returncode == 0
+
+    out = tmp_path / "interrupted"
+    stop_at = random.Random(sig).randint(3, 15)
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "l2o_pipeline", *RESUME_ARGS,
+                             f"hydra.run.dir={out}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(read_jsonl(metrics)) >= stop_at:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)
+    assert not (out / "final.pt").exists(), "the run finished before it was interrupted"
+    if sig == signal.SIGTERM:
+        assert "stop requested: state saved" in output  # Hydra logs to stdout
+    resumed = cli(*RESUME_ARGS, f"hydra.run.dir={out}", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed meta-training" in resumed.stdout
+    a, b = final_params(reference), final_params(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "meta/loss" in r]
+    assert steps == list(range(1, 26))  # no step lost, none logged twice
