@@ -54,34 +54,56 @@ def task_key(optimizee: Mapping) -> str:
     return name
 
 
-def read_tuned(path: str | Path | None) -> dict:
-    if path is None or not Path(path).is_file():
-        return {}
-    return json.loads(Path(path).read_text())
+def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
+    """Best learning rate per ``task@horizon`` and optimizer over a tuning sweep's cells.
+
+    Every tuning cell is an ``evaluate`` run of one hand-designed optimizer at one rate; its
+    ``eval/summary.json`` holds the final loss per horizon. Reading the cells (rather than a
+    table that each cell appends to) keeps concurrent SLURM jobs from racing on one file.
+    """
+    best: dict[str, dict[str, dict]] = {}
+    if tuning_dir is None or not Path(tuning_dir).is_dir():
+        return best
+    for path in sorted(Path(tuning_dir).glob("**/eval/summary.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a cell being written right now
+        name = summary.get("optimizer")
+        for horizon, block in summary.get("horizons", {}).items():
+            result = block.get(name) if name else None
+            if not result or result.get("lr") is None:
+                continue
+            loss = result["final_loss_mean"]
+            loss = math.inf if loss is None or not math.isfinite(loss) else loss
+            key = f"{summary['task']}@{horizon}"
+            entry = best.setdefault(key, {}).get(name)
+            if entry is None or loss < entry["loss"]:
+                best[key][name] = {"lr": result["lr"], "loss": loss, "cell": str(path.parents[1])}
+    return best
 
 
-def record_tuned(path: str | Path, key: str, optimizer: str, lr: float, loss: float) -> None:
-    """Keep the best (lowest final loss) rate per key and optimizer; atomic rewrite."""
+def write_tuned(tuning_dir: str | Path, path: str | Path) -> dict:
+    """Record the best rates of a tuning sweep as one JSON table (atomic write)."""
+    table = scan_tuning(tuning_dir)
     path = Path(path)
-    table = read_tuned(path)
-    entry = table.setdefault(key, {}).get(optimizer)
-    if entry is None or (math.isfinite(loss) and (not math.isfinite(entry["loss"])
-                                                  or loss < entry["loss"])):
-        table[key][optimizer] = {"lr": lr, "loss": loss}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
     tmp.replace(path)
+    return table
 
 
-def resolve_lr(optimizer: str, lr, key: str, horizon: int, tuned_path=None) -> tuple[float, str]:
-    """A number stays; "tuned" is looked up: the tuning table, then the official code's."""
+def resolve_lr(optimizer: str, lr, key: str, horizon: int, tuning_dir=None,
+               tuning: dict | None = None) -> tuple[float, str]:
+    """A number stays; "tuned" is looked up: the tuning sweep's best, then the official code's."""
     if lr != "tuned":
         return float(lr), "given"
     full = f"{key}@{horizon}"
-    entry = read_tuned(tuned_path).get(full, {}).get(optimizer)
-    if entry is not None:
-        return float(entry["lr"]), f"tuned ({tuned_path})"
+    tuning = scan_tuning(tuning_dir) if tuning is None else tuning
+    entry = tuning.get(full, {}).get(optimizer)
+    if entry is not None and math.isfinite(entry["loss"]):
+        return float(entry["lr"]), f"tuned in {entry['cell']}"
     paper = PAPER_TUNED_LRS.get(full.replace("synthetic-", ""), {}).get(optimizer)
     if paper is not None:
         return paper, "official code"

@@ -100,9 +100,16 @@ def pretrained_names() -> list[str]:
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
-def resolve_checkpoint(spec: str | Path) -> Path:
-    """A checkpoint file, a run folder (its ``best.pt``, else ``final.pt``), or a packaged name."""
+def resolve_checkpoint(spec: str | Path, iteration: int | None = None) -> Path:
+    """A checkpoint file, a run folder (its ``best.pt``, else ``final.pt``; or with
+    ``iteration`` its ``checkpoints/iter_<N>.pt``), or a packaged name."""
     path = Path(spec)
+    if path.is_dir() and iteration is not None:
+        candidate = path / "checkpoints" / f"iter_{iteration:07d}.pt"
+        if candidate.is_file():
+            return candidate
+        have = sorted(p.stem for p in (path / "checkpoints").glob("iter_*.pt"))
+        raise CheckpointError(f"no checkpoint of iteration {iteration} in {path}; it has {have}")
     if path.is_dir():
         for name in ("best.pt", "final.pt"):
             if (path / name).is_file():

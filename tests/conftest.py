@@ -31,11 +31,15 @@ def _isolated_wandb(tmp_path_factory, monkeypatch):
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "config",
                    config_dir: str = CONFIG_DIR):
-    """Compose like the CLI does (with Hydra's node, so ${hydra:...} resolves)."""
+    """Compose like the CLI does (with Hydra's node, so ${hydra:...} resolves).
+
+    ``config_dir=SWEEPS_DIR`` mirrors ``l2o --config-dir sweeps``: both folders are searched.
+    """
     register_configs()
     GlobalHydra.instance().clear()
+    extra = [] if str(config_dir) == CONFIG_DIR else [f"hydra.searchpath=[file://{CONFIG_DIR}]"]
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides + extra, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)

@@ -26,7 +26,8 @@ def test_defaults_are_the_papers_main_setup(make_cfg):
     assert cfg.tricks.convex_combination.enabled and cfg.tricks.convex_combination.dim == 20
     assert (cfg.horizon.steps_per_run, cfg.horizon.unroll) == (100, 20)
     assert cfg.meta_train.meta_lr == 1e-4 and cfg.optimizer.selection == "ema_train_loss"
-    assert cfg.stage == "both" and dict(cfg.evaluation.baselines) == {"adam": "tuned"}
+    assert cfg.stage == "both" and cfg.evaluation.baselines.adam == "tuned"
+    assert cfg.evaluation.baselines.sgd is None
     assert cfg.evaluation.n_runs == 100
     validate_config(cfg)
 
@@ -71,7 +72,7 @@ def test_tricks_are_a_multi_select_group(make_cfg, tricks, rs, cc):
     ("evaluation.n_runs=0", "evaluation.n_runs"),
     ("evaluation.final_loss=min", "evaluation.final_loss"),
     ("evaluation.baselines.adam=0", "evaluation.baselines.adam"),
-    ("+evaluation.baselines.lbfgs=0.1", "evaluation.baselines key"),
+    ("evaluation.baselines.sgd=fast", "evaluation.baselines.sgd"),
     ("optimizer.alpha=0", "optimizer.alpha"),
     ("optimizer.beta1=1.0", "optimizer.beta1"),
     ("tricks.random_scaling.k=0", "tricks.random_scaling.k"),
@@ -103,6 +104,7 @@ def test_hand_designed_optimizer_values(make_cfg, override, key):
     ("meta_train.n_iterations=1.5", "meta_train.n_iterations"),
     ("tricks.random_scaling.enabled=maybe", "tricks.random_scaling.enabled"),
     ("seed=abc", "seed"),
+    ("evaluation.baselines.lbfgs=0.1", "lbfgs"),
 ])
 def test_wrong_keys_and_types_fail_at_compose_time(make_cfg, override, key):
     with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as info:

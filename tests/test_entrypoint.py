@@ -39,7 +39,7 @@ def test_meta_train_stage_writes_checkpoints_metrics_and_config(make_cfg, tmp_pa
 
 
 def test_both_stages_write_an_evaluation_summary_and_plots(make_cfg, tmp_path):
-    cfg = make_cfg(*DEBUG, "stage=both", "+evaluation.baselines.sgd=0.1")
+    cfg = make_cfg(*DEBUG, "stage=both", "evaluation.baselines.sgd=0.1")
     metric = run(cfg)
     out = tmp_path / "run"
     summary = json.loads((out / "eval" / "summary.json").read_text())
