@@ -80,21 +80,27 @@ def build_training_task(cfg: DictConfig, device) -> tuple:
 def stop_on_signals(phase: dict):
     """SIGTERM / SIGUSR2 (SLURM's pre-emption warning) stop meta-training at the end of the
     current iteration, after its state is saved; then a handler that was installed before ours
-    (submitit's, which requeues the job) runs. Outside meta-training it runs at once."""
+    (submitit's, which requeues the job) runs. Outside meta-training it runs at once.
+
+    The process never carries on after that: if the previous handler returns (submitit's
+    SIGTERM handler only logs "Bypassing signal"), it exits with 128 + signum and no result, so
+    a job that SLURM requeues (``scontrol requeue``, SIGTERM-only preemption) resumes instead of
+    reporting a NaN success for an unfinished cell."""
+    usr2 = getattr(signal, "SIGUSR2", None)
     requested: dict = {"signal": None}
     previous = {}
 
     def handler(signum, frame):
-        requested["signal"] = signum
+        if requested["signal"] is None or signum == usr2:  # a later SIGTERM never hides USR2
+            requested["signal"] = signum
         if not phase.get("meta_train"):
             _chain(signum, frame)
 
     def _chain(signum, frame):
         prev = previous.get(signum)
         if callable(prev):
-            prev(signum, frame)
-        else:
-            raise SystemExit(128 + signum)
+            prev(signum, frame)  # submitit's USR2 handler requeues, then exits
+        raise SystemExit(128 + signum)
 
     signals = [signal.SIGTERM] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
     try:
@@ -115,10 +121,15 @@ def run(cfg: DictConfig) -> float:
     out = Path(cfg.paths.output_dir)
     done = out / "DONE"
     if cfg.skip_if_done and done.is_file():
-        metric = json.loads(done.read_text())["metric"]
-        log.info("%s is finished (metric %.6g); skipping. skip_if_done=false to run again",
-                 out, metric)
-        return metric
+        record = json.loads(done.read_text())
+        if record.get("iterations", 0) >= cfg.meta_train.n_iterations or \
+                cfg.stage == "evaluate":
+            log.info("%s is finished (metric %.6g); skipping. skip_if_done=false to run again",
+                     out, record["metric"])
+            return record["metric"]
+        log.info("%s finished %d iterations; continuing to %d", out, record["iterations"],
+                 cfg.meta_train.n_iterations)
+        done.unlink()
     device = resolve_device(cfg.device)
     # Missing inputs fail before any work: tuned rates, the checkpoint to evaluate.
     baseline_lrs = _resolve_baselines(cfg)
@@ -141,7 +152,7 @@ def run(cfg: DictConfig) -> float:
     resume_step = _resume_step(out)
     writer = make_writer(out, wandb_cfg, config, resume_step=resume_step)
     phase: dict = {}
-    metric = math.nan
+    metric, iterations = math.nan, 0
     try:
         with stop_on_signals(phase) as (requested, chain):
             if cfg.stage in ("meta_train", "both"):
@@ -156,10 +167,12 @@ def run(cfg: DictConfig) -> float:
                     return math.nan
                 checkpoint = result.best_checkpoint or result.final_checkpoint
                 metric = result.selection["best_score"]
+                iterations = result.iterations
             if cfg.stage in ("evaluate", "both"):
                 metric = _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs)
         writer.summary({"metric": metric})
-        done.write_text(json.dumps({"metric": metric, "finished": time.time()}))
+        done.write_text(json.dumps({"metric": metric, "finished": time.time(),
+                                    "stage": cfg.stage, "iterations": iterations}))
     finally:
         writer.close()
     return metric
@@ -255,6 +268,15 @@ def _resolve_eval_checkpoint(cfg) -> Path | None:
     return path
 
 
+def _choice(group: str) -> str | None:
+    """The option chosen for a config group (e.g. the experiment), when run through Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
 def _family(name: str) -> str:
     return "dmoptimizer" if name.startswith("dmoptimizer") else name
 
@@ -274,8 +296,15 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
     key = task_key(cfg.optimizee)
     eval_dir = out / "eval"
     eval_dir.mkdir(exist_ok=True)
+    dataset = getattr(task, "dataset", None)
     summary = {"task": key, "task_name": task.name, "n_runs": cfg.evaluation.n_runs,
-               "final_loss": cfg.evaluation.final_loss, "optimizer": name, "horizons": {}}
+               "final_loss": cfg.evaluation.final_loss, "optimizer": name,
+               "experiment": _choice("experiment"), "seed": cfg.seed,
+               "evaluation_seed": cfg.evaluation.seed,
+               "checkpoint": str(checkpoint) if checkpoint else None,
+               "checkpoint_iteration": payload.get("iteration") if name in LEARNED else None,
+               "data_source": dataset.source if dataset is not None else None,
+               "horizons": {}}
     headline = math.nan
     for horizon in cfg.horizon.eval_steps:
         optimizers = {name: main}

