@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from l2o_pipeline.evaluate import FINAL_LOSS_RULES
 from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES
@@ -187,8 +187,15 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+def cell_name(override_dirname: str) -> str:
+    """A grid cell's folder name: its overrides, or "default" when it has none (an empty
+    name would turn ``<cell>/seed_<s>`` into an absolute path)."""
+    return override_dirname or "default"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
+    OmegaConf.register_new_resolver("cell", cell_name, replace=True)
 
 
 def _one_of(key: str, value, valid) -> None:

@@ -5,6 +5,7 @@ A thin wrapper: compose the config, hand it to :func:`l2o_pipeline.pipeline.run`
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -19,11 +20,19 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register_configs()
 
 
+log = logging.getLogger("l2o_pipeline")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     from l2o_pipeline.pipeline import run
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except Exception:
+        # Hydra (and submitit) report only the message; keep the traceback in the run's log.
+        log.exception("the run failed")
+        raise
 
 
 if __name__ == "__main__":

@@ -97,6 +97,27 @@ class SlurmCluster:
                 raise TimeoutError(f"sacct for job {job_id}: {states} after {timeout} s")
             time.sleep(0.2)
 
+    def array_states(self, array_id: str) -> dict[str, list[str]]:
+        """{"<array_id>_<task>": [state, ...]} of a job array, oldest record first."""
+        out = self.run("sacct", "-n", "-X", "-D", "-P", "-j", array_id, "-o", "JobID,State")
+        states: dict[str, list[str]] = {}
+        for line in out.splitlines():
+            if "|" in line:
+                job, state = line.split("|", 1)
+                states.setdefault(job.strip(), []).append(state.split()[0])
+        return states
+
+    def wait_array_final(self, array_id: str, n_tasks: int, timeout: float = 15):
+        """Poll sacct until the array's ``n_tasks`` tasks all have a final last record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.array_states(array_id)
+            if len(states) >= n_tasks and all(s[-1] in FINAL_STATES for s in states.values()):
+                return states
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sacct for array {array_id}: {states} after {timeout} s")
+            time.sleep(0.2)
+
 
 def missing_requirements() -> str | None:
     """Why the cluster cannot run here, or None."""
