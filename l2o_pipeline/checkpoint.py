@@ -90,6 +90,7 @@ def load_optimizer(path: str | Path, expected_class: str | None = None,
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {cls_name}: {exc}") from exc
+    payload["path"] = Path(path)  # where it was read from, for logs and summaries
     return model.to(device), payload
 
 

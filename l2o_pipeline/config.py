@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from l2o_pipeline.evaluate import FINAL_LOSS_RULES
-from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES
+from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES, MetaTrainSettings
 from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
 from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
@@ -212,6 +212,27 @@ def _positive(key: str, value, integer: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be a positive {kind}")
 
 
+def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
+    """The meta-training settings a config describes; the optimizer's own meta-loss, meta-lr
+    and selection rule apply unless ``meta_train`` overrides them."""
+    opt, mt = cfg.optimizer, cfg.meta_train
+    return MetaTrainSettings(
+        n_iterations=mt.n_iterations,
+        steps_per_run=cfg.horizon.steps_per_run,
+        unroll=cfg.horizon.unroll,
+        meta_lr=opt.meta_lr or mt.meta_lr,
+        meta_loss=opt.meta_loss or "last",
+        checkpoint_every=mt.checkpoint_every,
+        state_every=mt.state_every,
+        selection=mt.selection or opt.selection or "ema_train_loss",
+        ema_decay=mt.ema_decay,
+        validation_runs=mt.validation_runs,
+        validation_steps=mt.validation_steps,
+        second_order=mt.second_order,
+        log_every=mt.log_every,
+    )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError naming the key."""
     _one_of("stage", cfg.stage, STAGES)
@@ -270,31 +291,18 @@ def validate_config(cfg: DictConfig) -> None:
     if cc.clip is not None:
         _positive("tricks.convex_combination.clip", cc.clip)
 
-    hz = cfg.horizon
-    _positive("horizon.steps_per_run", hz.steps_per_run, integer=True)
-    _positive("horizon.unroll", hz.unroll, integer=True)
-    if hz.unroll > hz.steps_per_run:
-        raise ConfigError(f"horizon.unroll={hz.unroll} is longer than the run "
-                          f"(horizon.steps_per_run={hz.steps_per_run})")
-    if hz.steps_per_run % hz.unroll:
-        raise ConfigError(f"horizon.steps_per_run={hz.steps_per_run} must be a multiple of "
-                          f"horizon.unroll={hz.unroll}")
-    if not hz.eval_steps:
+    if not cfg.horizon.eval_steps:
         raise ConfigError("horizon.eval_steps must list at least one horizon")
-    for steps in hz.eval_steps:
+    for steps in cfg.horizon.eval_steps:
         _positive("horizon.eval_steps", steps, integer=True)
-
-    mt = cfg.meta_train
-    for key in ("n_iterations", "checkpoint_every", "state_every", "validation_runs",
-                "validation_steps", "log_every"):
-        _positive(f"meta_train.{key}", mt[key], integer=True)
-    _positive("meta_train.meta_lr", mt.meta_lr)
-    if mt.selection is not None:
-        _one_of("meta_train.selection", mt.selection, SELECTION_RULES)
+    if cfg.meta_train.selection is not None:
+        _one_of("meta_train.selection", cfg.meta_train.selection, SELECTION_RULES)
     if opt.selection is not None:
         _one_of("optimizer.selection", opt.selection, SELECTION_RULES)
-    if not 0 <= mt.ema_decay < 1:
-        raise ConfigError(f"meta_train.ema_decay={mt.ema_decay!r} must be in [0, 1)")
+    try:  # run length, truncation and the meta-training numbers: one set of checks
+        meta_train_settings(cfg).validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.stage in ("meta_train", "both") and opt.name not in LEARNED:
         raise ConfigError(f"stage={cfg.stage} needs a learned optimizer, but optimizer.name="
                           f"{opt.name!r}; use one of {list(LEARNED)} or stage=evaluate")

@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
 from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
-from l2o_pipeline.config import ConfigError, validate_config
+from l2o_pipeline.config import ConfigError, meta_train_settings, validate_config
 from l2o_pipeline.evaluate import evaluate
-from l2o_pipeline.meta import MetaTrainSettings, meta_train
+from l2o_pipeline.meta import meta_train
 from l2o_pipeline.optimizees import build_task
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, build_optimizer
 from l2o_pipeline.tricks import Combined, RandomScaling
@@ -129,11 +129,11 @@ def run(cfg: DictConfig) -> float:
             return record["metric"]
         log.info("%s finished %d iterations; continuing to %d", out, record["iterations"],
                  cfg.meta_train.n_iterations)
-        done.unlink()
     device = resolve_device(cfg.device)
     # Missing inputs fail before any work: tuned rates, the checkpoint to evaluate.
     baseline_lrs = _resolve_baselines(cfg)
     checkpoint = _resolve_eval_checkpoint(cfg)
+    done.unlink(missing_ok=True)  # only now: a failed check leaves a finished run finished
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -212,21 +212,7 @@ def _meta_train_stage(cfg, device, out, config, writer, should_stop):
     model = build_model(cfg).to(device)
     task, plain = build_training_task(cfg, device)
     opt = cfg.optimizer
-    settings = MetaTrainSettings(
-        n_iterations=cfg.meta_train.n_iterations,
-        steps_per_run=cfg.horizon.steps_per_run,
-        unroll=cfg.horizon.unroll,
-        meta_lr=opt.meta_lr or cfg.meta_train.meta_lr,
-        meta_loss=opt.meta_loss or "last",
-        checkpoint_every=cfg.meta_train.checkpoint_every,
-        state_every=cfg.meta_train.state_every,
-        selection=cfg.meta_train.selection or opt.selection or "ema_train_loss",
-        ema_decay=cfg.meta_train.ema_decay,
-        validation_runs=cfg.meta_train.validation_runs,
-        validation_steps=cfg.meta_train.validation_steps,
-        second_order=cfg.meta_train.second_order,
-        log_every=cfg.meta_train.log_every,
-    )
+    settings = meta_train_settings(cfg)
     log.info("meta-training %s on %s (%d coordinates) for %d iterations -> %s",
              opt.name, task.name, task.n_params, settings.n_iterations, out)
     result = meta_train(model, task, settings, out, seed=cfg.seed, variant=opt.name,
@@ -248,8 +234,8 @@ def _meta_train_stage(cfg, device, out, config, writer, should_stop):
     return result
 
 
-def _resolve_eval_checkpoint(cfg) -> Path | None:
-    """The checkpoint a stage=evaluate run of a learned optimizer needs (checked up front)."""
+def _resolve_eval_checkpoint(cfg) -> tuple | None:
+    """(model, payload) of the checkpoint a stage=evaluate run of a learned optimizer needs."""
     if cfg.stage != "evaluate" or cfg.optimizer.name not in LEARNED:
         return None
     ev = cfg.evaluation
@@ -264,8 +250,8 @@ def _resolve_eval_checkpoint(cfg) -> Path | None:
     except CheckpointError as exc:
         hint = f" Produce it with: {ev.produced_by}" if ev.produced_by else ""
         raise CheckpointError(f"{exc}.{hint}") from None
-    load_optimizer(path, expected_class=_family(cfg.optimizer.name))  # right model, readable
-    return path
+    # loaded once, here: the right model and a readable file, before any work
+    return load_optimizer(path, expected_class=_family(cfg.optimizer.name))
 
 
 def _choice(group: str) -> str | None:
@@ -286,7 +272,11 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
 
     name = cfg.optimizer.name
     if name in LEARNED:
-        main, payload = load_optimizer(checkpoint, expected_class=_family(name), device=device)
+        # stage=both: this run's own checkpoint; stage=evaluate: the one loaded up front
+        main, payload = (load_optimizer(checkpoint, expected_class=_family(name))
+                         if isinstance(checkpoint, Path) else checkpoint)
+        main = main.to(device)
+        checkpoint = payload["path"]
         log.info("evaluating %s from %s (iteration %s)", name, checkpoint,
                  payload.get("iteration"))
     else:

@@ -62,7 +62,9 @@ class MetaTrainSettings:
                     "state_every", "validation_runs", "validation_steps", "log_every"):
             value = getattr(self, key)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"meta_train.{key} must be a positive integer, got {value!r}")
+                # named as in the config: the run length and truncation live in `horizon`
+                group = "horizon" if key in ("steps_per_run", "unroll") else "meta_train"
+                raise ValueError(f"{group}.{key} must be a positive integer, got {value!r}")
         if self.unroll > self.steps_per_run:
             raise ValueError(f"horizon.unroll ({self.unroll}) is longer than the run "
                              f"(horizon.steps_per_run = {self.steps_per_run})")
