@@ -304,7 +304,9 @@ def test_usr2_and_sigterm_requeues_resume_bit_exactly(slurm_cluster, tmp_path, r
     )  # fmt: skip
     logs = _assert_resumed(cell, sweep, 2)
     assert "Caught signal SIGUSR2 on vm: this job is preempted" in logs, logs[-3000:]
-    assert f"Requeued job {job_id}" in logs, logs[-3000:]
+    # Not asserted: submitit's "Requeued job <id>" line. It is logged after `scontrol requeue`
+    # returns, but the requeue itself sends SIGTERM (ignored) and SIGKILL after KillWait, which
+    # on a loaded machine can land first. sacct's REQUEUED rows below are the proof.
     assert "meta-training stopped by signal 12" in logs, logs[-3000:]
     assert "meta-training stopped by signal 15" in logs, logs[-3000:]
     assert slurm_cluster.wait_sacct_final(job_id) == ["REQUEUED", "REQUEUED", "COMPLETED"]
@@ -326,7 +328,7 @@ def test_partition_preemption_requeues_and_resumes_bit_exactly(slurm_cluster, tm
     cell, sweep, job_id = _interrupted_cell(slurm_cluster, tmp_path, preempt)
     logs = _assert_resumed(cell, sweep, 1)
     assert "Caught signal SIGUSR2 on vm: this job is preempted" in logs, logs[-3000:]
-    assert f"Requeued job {job_id}" in logs, logs[-3000:]
+    # No "Requeued job" line check: see the test above (CI once lost it to the SIGKILL race).
     assert slurm_cluster.wait_sacct_final(high[0]) == ["COMPLETED"]
     assert slurm_cluster.wait_sacct_final(job_id) == ["REQUEUED", "COMPLETED"]
     assert_same_state_dict(cell / "final.pt", reference())
