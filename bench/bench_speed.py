@@ -292,6 +292,8 @@ def main(argv=None):
                "--device", args.device, "--threads", str(args.threads),
                "--repeats", str(repeats), "--compile-mode", mode]
         env = dict(os.environ, **({"OMP_WAIT_POLICY": "PASSIVE"} if args.omp_passive else {}))
+        # this checkout's package, installed or not (the worker runs as a script in bench/)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
         if proc.returncode != 0:
             print(json.dumps({"name": name, "device": args.device, "error":

@@ -218,12 +218,13 @@ _malloc_tuned = {"done": False}
 def keep_freed_memory() -> bool:
     """Stop glibc from handing freed memory back to the OS (process-wide; Linux/glibc only).
 
-    Meta-training frees the ~400 MB of saved activations at the end of every truncation period
-    and allocates them again in the next one; by default glibc unmaps that memory in between, so
-    every period page-faults (and the kernel zeroes) it all again, which costs more than the
-    arithmetic on a loaded machine. Called once, on the first meta-training step on CPU; peak
-    memory is unchanged, but it is kept until the process ends. ``L2O_MALLOC_TUNING=0`` opts
-    out. Returns whether the setting was applied."""
+    Every step allocates and frees several [n, 80] gate tensors (5 MB each for the paper's
+    task), and meta-training frees the ~400 MB of saved activations at the end of every
+    truncation period; by default glibc unmaps such blocks when they are freed, so the next
+    step page-faults (and the kernel zeroes) them again, which costs ~20 % of an evaluation
+    step and more than the arithmetic of meta-training on a loaded machine. Called once, on the
+    first LSTM step on CPU; peak memory is unchanged, but it is kept until the process ends.
+    ``L2O_MALLOC_TUNING=0`` opts out. Returns whether the setting was applied."""
     if _malloc_tuned["done"]:
         return True
     _malloc_tuned["done"] = True
@@ -249,6 +250,8 @@ def _gate_params(weight, bias, scale, fmask, forget_bias):
 
 def _cell_forward(x, h, c, w, b, hidden: int, train: bool):
     """(h', c', P or None): the gate matmuls, then one compiled or eager pointwise kernel."""
+    if x.device.type == "cpu" and not _malloc_tuned["done"]:
+        keep_freed_memory()
     n, n_in = x.shape
     z = torch.addmm(b, x, w[:n_in]).addmm_(h, w[n_in:])
     kernel = _compiled_kernel("fwd_train" if train else "fwd", x.device)
@@ -270,8 +273,6 @@ class _LSTMCellFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h, c, weight, bias, scale, fmask, grad_factor, forget_bias):
-        if x.device.type == "cpu" and not _malloc_tuned["done"]:
-            keep_freed_memory()
         w, b = _gate_params(weight, bias, scale, fmask, forget_bias)
         ctx.recompute, ctx.forget_bias = _memory_saving["on"], forget_bias
         if ctx.recompute:  # keep the inputs only; the backward recomputes the gates
