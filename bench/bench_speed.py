@@ -21,6 +21,9 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   kernels under ``torch.compile``; ``compile_s`` is the extra time of the first iteration.
 - ``meta_train/rnnprop/save_memory`` (unless ``--quick``): ``learned.set_memory_saving(True)``,
   the gates recomputed in the backward instead of stored.
+- ``bound/rnnprop/{meta_train,apply}``: an upper bound on this machine, the GEMMs and
+  transcendental passes that an RNNprop step cannot avoid, on preallocated buffers
+  (:func:`measure_bound`); ``real_fraction_of_bound`` = bound time / the real row's time.
 
 Timings are medians over repeats, after one warm-up repeat; ``load_avg`` is the 1-minute load
 average when the measurement started (the figures are only comparable on a quiet machine).
@@ -161,10 +164,9 @@ def measure_meta_train(args, family, variant):
 def measure_apply(args, family, variant):
     torch, dataset = _setup(args, variant)
     from l2o_pipeline.evaluate import run_optimizer
-    from l2o_pipeline.optimizees import MLPTask
     from l2o_pipeline.optimizers import HAND_DESIGNED
 
-    task = MLPTask(dataset)
+    task = _mlp_task(dataset)
     theta0 = task.init_params(torch.Generator().manual_seed(0))
     if family == "adam":
         opt = HAND_DESIGNED["adam"](lr=0.01)
@@ -195,6 +197,61 @@ def measure_apply(args, family, variant):
     return _result(args, per_run, base_rss, n_coords=task.n_params)
 
 
+def measure_bound(args, family, phase):
+    """An upper bound on steps/s: only the work a step of ``family`` cannot avoid, on buffers
+    allocated once. Per LSTM layer, the gate GEMM [n, in+H]·[in+H, 4H] and the sigmoids over
+    the gates [n, 4H] and tanh(c) [n, H] (one exp each); the ELU preprocessing (GEMM [n, 2]·
+    [2, H] and its exp) and the output tanh. ``meta_train`` adds each GEMM's two backward
+    GEMMs (dz·Wᵀ and [x h]ᵀ·dz). Every pass of the real step that is not listed here (moments,
+    cell update, the backward's pointwise work, the optimizee, allocation) is what the real
+    rows spend beyond it."""
+    torch, dataset = _setup(args)
+    task = (_training_task(dataset, family, args.device)[0] if phase == "meta_train"
+            else _mlp_task(dataset))
+    model = _build_model(torch, family, args.device)
+    n, train = task.n_params, phase == "meta_train"
+    base_rss = _rss_mb()
+
+    def buf(*shape):
+        return torch.rand(*shape, device=args.device)
+
+    H = model.hidden_size
+    feats, pre_w, pre = buf(n, 2), buf(2, H), buf(n, H)
+    layers = [(buf(n, cell.weight.shape[0]), cell.weight.detach().clone(), buf(n, 4 * H),
+               buf(n, H), buf(n, cell.weight.shape[0]), buf(*cell.weight.shape))
+              for cell in model.cells]
+    out_w, out = buf(H), buf(n)
+
+    def step():
+        torch.mm(feats, pre_w, out=pre)
+        torch.exp(pre, out=pre)
+        for xh, w, z, c, dxh, dw in layers:
+            torch.mm(xh, w, out=z)
+            torch.sigmoid(z, out=z)
+            torch.sigmoid(c, out=c)
+            if train:
+                torch.mm(z, w.t(), out=dxh)
+                torch.mm(xh.t(), z, out=dw)
+        torch.mv(layers[-1][3], out_w, out=out)
+        torch.tanh(out, out=out)
+
+    durations = []
+    for _ in range(1 + args.repeats):
+        _sync(torch, args.device)
+        start = time.perf_counter()
+        for _ in range(N_STEPS):
+            step()
+        _sync(torch, args.device)
+        durations.append(time.perf_counter() - start)
+    return _result(args, durations, base_rss, n_coords=n)
+
+
+def _mlp_task(dataset):
+    from l2o_pipeline.optimizees import MLPTask
+
+    return MLPTask(dataset)
+
+
 def _result(args, durations, base_rss, **extra):
     import torch
 
@@ -222,7 +279,7 @@ def worker(args):
     kind, family, *rest = args.name.split("/")
     variant = rest[0] if rest else "fast"
     load = os.getloadavg()[0]
-    fn = measure_meta_train if kind == "meta_train" else measure_apply
+    fn = {"meta_train": measure_meta_train, "apply": measure_apply, "bound": measure_bound}[kind]
     result = fn(args, family, variant)
     result = {"name": args.name, "device": args.device, "compile": args.compile_mode,
               **result, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
@@ -244,6 +301,7 @@ def measurements(quick: bool, compile_mode: str) -> list[tuple[str, str]]:
             rows += [(f"{kind}/{family}/reference", "false"), (f"{kind}/{family}", fast)]
     if not quick:
         rows.append(("meta_train/rnnprop/save_memory", fast))
+    rows += [("bound/rnnprop/meta_train", "false"), ("bound/rnnprop/apply", "false")]
     if not quick and compile_mode == "both":
         rows += [("meta_train/rnnprop/compiled", "true"), ("apply/rnnprop/compiled", "true")]
     return rows
@@ -312,6 +370,12 @@ def _annotate(results: dict, name: str) -> None:
     """speedup_vs_reference and cost_vs_adam, from rows already measured."""
     result = results[name]
     if name.endswith("/reference") or name == "apply/adam":
+        return
+    if name.startswith("bound/"):  # bound/<family>/<phase>: how far the real row is from it
+        real = results.get(f"{name.split('/')[2]}/{name.split('/')[1]}")
+        if real is not None:
+            result["real_fraction_of_bound"] = round(result["ms_per_step"] /
+                                                     real["ms_per_step"], 2)
         return
     base = name.removesuffix("/compiled").removesuffix("/save_memory")
     ref = results.get(f"{base}/reference")
