@@ -18,7 +18,7 @@ from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES, MetaTrainSetti
 from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
 from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
-from l2o_pipeline.optimizers.learned import INIT_SCHEMES
+from l2o_pipeline.optimizers.learned import COMPILE_MODES, INIT_SCHEMES
 
 STAGES = ("meta_train", "evaluate", "both")
 DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
@@ -175,6 +175,8 @@ class Config:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    compile: str = "auto"
+    save_memory: bool = False
     skip_if_done: bool = True
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     optimizee: OptimizeeConfig = field(default_factory=OptimizeeConfig)
@@ -240,6 +242,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is not valid; use cpu, cuda, cuda:N or auto")
     if cfg.threads is not None:
         _positive("threads", cfg.threads, integer=True)
+    _one_of("compile", cfg.compile, COMPILE_MODES)
 
     opt = cfg.optimizer
     _one_of("optimizer.name", opt.name, OPTIMIZERS)

@@ -24,7 +24,7 @@ from l2o_pipeline.config import ConfigError, meta_train_settings, validate_confi
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.meta import meta_train
 from l2o_pipeline.optimizees import build_task
-from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, build_optimizer
+from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, build_optimizer, learned
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ def run(cfg: DictConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    learned.set_compile(cfg.compile)
+    learned.set_memory_saving(cfg.save_memory)
     config = config_dict(cfg)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config))
 

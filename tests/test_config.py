@@ -64,6 +64,7 @@ def test_tricks_are_a_multi_select_group(make_cfg, tricks, rs, cc):
     ("optimizee.dataset=imagenet", "optimizee.dataset"),
     ("stage=train", "stage"),
     ("device=tpu", "device"),
+    ("compile=yes", "compile"),
     ("meta_train.meta_lr=0", "meta_train.meta_lr"),
     ("meta_train.meta_lr=-1e-3", "meta_train.meta_lr"),
     ("meta_train.n_iterations=0", "meta_train.n_iterations"),
