@@ -18,7 +18,8 @@ meta-gradients over 100 steps) against a plain ``nn.LSTMCell`` version, ``bench/
   three matmuls per layer, and the graph holds ~6 nodes per step instead of ~40;
 - without autograd (evaluation, ``torch_optim``), the same kernels run in place, no graph;
 - optionally, the pointwise kernels go through ``torch.compile`` (one fused loop each):
-  :func:`set_compile` or the ``L2O_COMPILE`` environment variable, ``auto`` (default: compile
+  :func:`set_compile` (the pipeline's ``compile`` key) or the ``L2O_COMPILE`` environment
+  variable, ``auto`` (default: compile
   on CUDA only, where Triton fuses the ~15 eager kernel launches per layer), ``true`` or
   ``false``. On CPU a first compile takes tens of seconds (then cached on disk), worth it only
   for long meta-training runs; tests and short runs stay eager.
