@@ -9,14 +9,31 @@ import logging
 import os
 from pathlib import Path
 
-# Idle OpenMP threads that spin steal the CPU from every other process on a shared machine
-# (several sweep cells on one node): 5-40x slower steps were measured. Must precede torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import hydra
-from omegaconf import DictConfig
+def choose_omp_wait_policy() -> str | None:
+    """Let idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) only on a busy machine.
 
-from l2o_pipeline.config import register_configs
+    Spinning idle threads steal the CPU from every other process on a shared machine (several
+    sweep cells on one node): 5-40x slower steps were measured. On a machine of its own, the
+    sleeping threads' wake-up latency costs ~35 % instead (meta-training RNNprop 40.8 vs 26.5
+    steps/s, bench/bench_speed.py with and without --omp-passive). So: PASSIVE when the load
+    average exceeds half the CPUs we may use; a value set by the user always wins. Must run
+    before torch is imported (OpenMP reads it once)."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return os.environ["OMP_WAIT_POLICY"]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if os.getloadavg()[0] > (cpus or 1) / 2:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return "PASSIVE"
+    return None
+
+
+choose_omp_wait_policy()
+
+import hydra  # noqa: E402  (after the OpenMP setting: these import torch)
+from omegaconf import DictConfig  # noqa: E402
+
+from l2o_pipeline.config import register_configs  # noqa: E402
 
 # Absolute path: a relative one breaks under `python -m` and console scripts (Hydra resolves
 # it as a Python package when the task function's module is not __main__).

@@ -184,3 +184,21 @@ def test_relaunching_with_more_iterations_continues_training(make_cfg, tmp_path)
     assert json.loads((out / "DONE").read_text())["iterations"] == 4
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "meta/loss" in r]
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("load, preset, expected", [
+    (0.5, None, None),          # a machine of its own: OpenMP's default (threads spin briefly)
+    (8.0, None, "PASSIVE"),     # busy: idle threads sleep instead of stealing the CPU
+    (8.0, "ACTIVE", "ACTIVE"),  # the user's setting always wins
+])
+def test_openmp_wait_policy_follows_the_machine_load(monkeypatch, load, preset, expected):
+    from l2o_pipeline.main import choose_omp_wait_policy
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "unset")  # recorded, so teardown restores it
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    if preset:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert choose_omp_wait_policy() == expected
+    assert os.environ.get("OMP_WAIT_POLICY") == expected
