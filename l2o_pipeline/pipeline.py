@@ -120,12 +120,11 @@ def run(cfg: DictConfig) -> float:
     validate_config(cfg)
     out = Path(cfg.paths.output_dir)
     done = out / "DONE"
-    if cfg.skip_if_done and done.is_file():
-        record = json.loads(done.read_text())
-        if record.get("iterations", 0) >= cfg.meta_train.n_iterations or \
-                cfg.stage == "evaluate":
-            log.info("%s is finished (metric %.6g); skipping. skip_if_done=false to run again",
-                     out, record["metric"])
+    record = json.loads(done.read_text()) if cfg.skip_if_done and done.is_file() else None
+    skipping = "%s is finished (metric %.6g); skipping. skip_if_done=false to run again"
+    if record is not None and cfg.stage != "evaluate":
+        if record.get("iterations", 0) >= cfg.meta_train.n_iterations:
+            log.info(skipping, out, record["metric"])
             return record["metric"]
         log.info("%s finished %d iterations; continuing to %d", out, record["iterations"],
                  cfg.meta_train.n_iterations)
@@ -133,6 +132,14 @@ def run(cfg: DictConfig) -> float:
     # Missing inputs fail before any work: tuned rates, the checkpoint to evaluate.
     baseline_lrs = _resolve_baselines(cfg)
     checkpoint = _resolve_eval_checkpoint(cfg)
+    inputs = _evaluation_inputs(cfg, checkpoint, baseline_lrs)
+    if record is not None and cfg.stage == "evaluate":
+        changed = _changed_inputs(record.get("inputs"), inputs)
+        if not changed:
+            log.info(skipping, out, record["metric"])
+            return record["metric"]
+        log.info("%s is finished but what it evaluated changed (%s); evaluating again", out,
+                 changed)
     done.unlink(missing_ok=True)  # only now: a failed check leaves a finished run finished
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -174,10 +181,35 @@ def run(cfg: DictConfig) -> float:
                 metric = _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs)
         writer.summary({"metric": metric})
         done.write_text(json.dumps({"metric": metric, "finished": time.time(),
-                                    "stage": cfg.stage, "iterations": iterations}))
+                                    "stage": cfg.stage, "iterations": iterations,
+                                    "inputs": inputs}))
     finally:
         writer.close()
     return metric
+
+
+def _evaluation_inputs(cfg, checkpoint, baseline_lrs) -> dict | None:
+    """What a stage=evaluate result depends on beyond its cell's name, kept in DONE: the
+    evaluated checkpoint (its meta-training may have continued since), the baselines' rates
+    ("tuned" ones change when tuning is rerun) and the run count (not part of the name)."""
+    if cfg.stage != "evaluate":
+        return None
+    payload = checkpoint[1] if checkpoint is not None else {}
+    return {"checkpoint": str(payload["path"]) if payload else None,
+            "checkpoint_iteration": payload.get("iteration"),
+            "n_runs": cfg.evaluation.n_runs,
+            "eval_steps": list(cfg.horizon.eval_steps),
+            "baselines": {str(h): {b: lr for b, (lr, _) in lrs.items()}
+                          for h, lrs in baseline_lrs.items()}}
+
+
+def _changed_inputs(before: dict | None, now: dict) -> str:
+    """'' when a finished evaluation's recorded inputs equal the current ones, else what
+    changed, e.g. "checkpoint_iteration: 150 -> 600"."""
+    if before is None:
+        return "no record of its inputs"
+    return "; ".join(f"{key}: {before.get(key)} -> {value}" for key, value in now.items()
+                     if before.get(key) != value)
 
 
 def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:

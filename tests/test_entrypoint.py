@@ -96,6 +96,33 @@ def test_a_finished_run_is_skipped(make_cfg, tmp_path):
     assert (tmp_path / "run" / "final.pt").stat().st_mtime == mtime
 
 
+def test_a_finished_evaluation_reruns_only_when_what_it_evaluated_changed(make_cfg, tmp_path):
+    """Relaunching skips a finished evaluation cell, unless its checkpoint moved on (the
+    meta-training cell was continued), its run count or its baselines' rates changed."""
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    run(make_cfg(*DEBUG, "stage=meta_train", "meta_train.selection=last",
+                 output_dir=train_dir))
+
+    def evaluate(*extra):
+        run(make_cfg(*DEBUG, "stage=evaluate", f"evaluation.checkpoint={train_dir}", *extra,
+                     output_dir=eval_dir))
+        summary = json.loads((eval_dir / "eval" / "summary.json").read_text())
+        return summary, (eval_dir / "eval" / "summary.json").stat().st_mtime_ns
+
+    first, stamp = evaluate()
+    assert first["checkpoint_iteration"] == 4
+    assert evaluate()[1] == stamp  # unchanged: skipped
+    run(make_cfg(*DEBUG, "stage=meta_train", "meta_train.selection=last",
+                 "meta_train.n_iterations=6", output_dir=train_dir))  # continued: best.pt moved
+    second, stamp2 = evaluate()
+    assert stamp2 != stamp and second["checkpoint_iteration"] == 6
+    third, stamp3 = evaluate("evaluation.n_runs=3")
+    assert stamp3 != stamp2 and third["n_runs"] == 3
+    fourth, stamp4 = evaluate("evaluation.n_runs=3", "evaluation.baselines.adam=0.1")
+    assert stamp4 != stamp3 and fourth["horizons"]["10"]["adam"]["lr"] == 0.1
+    assert evaluate("evaluation.n_runs=3", "evaluation.baselines.adam=0.1")[1] == stamp4
+
+
 def cli(*args, env=None, **kw):
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "l2o_pipeline", *args], cwd=ROOT, env=full_env,
