@@ -213,19 +213,33 @@ def test_relaunching_with_more_iterations_continues_training(make_cfg, tmp_path)
     assert steps == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("load, preset, expected", [
+@pytest.mark.parametrize("busy, preset, expected", [
     (0.5, None, None),          # a machine of its own: OpenMP's default (threads spin briefly)
-    (8.0, None, "PASSIVE"),     # busy: idle threads sleep instead of stealing the CPU
-    (8.0, "ACTIVE", "ACTIVE"),  # the user's setting always wins
+    (1.8, None, "PASSIVE"),     # busy: idle threads sleep instead of stealing the CPU
+    (1.8, "ACTIVE", "ACTIVE"),  # the user's setting always wins
 ])
-def test_openmp_wait_policy_follows_the_machine_load(monkeypatch, load, preset, expected):
-    from l2o_pipeline.main import choose_omp_wait_policy
+def test_openmp_wait_policy_follows_the_machine_load(monkeypatch, busy, preset, expected):
+    from l2o_pipeline import main
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "unset")  # recorded, so teardown restores it
     monkeypatch.delenv("OMP_WAIT_POLICY")
     if preset:
         monkeypatch.setenv("OMP_WAIT_POLICY", preset)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert choose_omp_wait_policy() == expected
+    monkeypatch.setattr(main, "busy_cpus", lambda sample_s: busy)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main.choose_omp_wait_policy() == expected
     assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_busy_cpus_sees_a_busy_process():
+    """/proc/stat, sampled while this test keeps a child process spinning: at least ~half a
+    CPU is busy (whatever else the machine does)."""
+    from l2o_pipeline.main import busy_cpus
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert busy_cpus(0.5) > 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()
