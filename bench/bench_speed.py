@@ -371,8 +371,9 @@ def _annotate(results: dict, name: str) -> None:
     result = results[name]
     if name.endswith("/reference") or name == "apply/adam":
         return
-    if name.startswith("bound/"):  # bound/<family>/<phase>: how far the real row is from it
-        real = results.get(f"{name.split('/')[2]}/{name.split('/')[1]}")
+    if name.startswith("bound/"):  # how far the real row <phase>/<family> is from it
+        _, family, phase = name.split("/")
+        real = results.get(f"{phase}/{family}")
         if real is not None:
             result["real_fraction_of_bound"] = round(result["ms_per_step"] /
                                                      real["ms_per_step"], 2)

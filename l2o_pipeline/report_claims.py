@@ -176,6 +176,14 @@ def _missing(what: str, **stats) -> str:
     return f"missing: {', '.join(gone)} ({what})" if gone else ""
 
 
+def _missing_vs_baselines(text: str, who: str, stat, base: dict,
+                          required: bool = True) -> Check:
+    """The not-run Check of a comparison with the tuned baselines when a side has no runs."""
+    gone = ([label(who)] if stat is None else []) + ([] if base else ["tuned baselines"])
+    return Check(text, None, f"missing: {', '.join(gone)}", required,
+                 _numbers(**{who: stat}, **base))
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -185,9 +193,7 @@ def check_beats_all(idx, who: str, stat, task: str, horizon: int, what: str,
     text = f"{what}: {label(who)} beats every tuned traditional algorithm"
     base = idx.baselines(task, horizon)
     if stat is None or not base:
-        gone = ([label(who)] if stat is None else []) + ([] if base else ["tuned baselines"])
-        return Check(text, None, f"missing: {', '.join(gone)}", required,
-                     _numbers(**{who: stat}, **base))
+        return _missing_vs_baselines(text, who, stat, base, required)
     losers = [b for b, s in base.items() if not _mean(stat) < _mean(s)]
     detail = f"{label(who)} {num(stat)} vs " + ", ".join(
         f"{label(b)} {num(s)}" for b, s in base.items()) + _coverage(base)
@@ -202,9 +208,7 @@ def check_comparable(idx, who: str, stat, task: str, horizon: int, what: str,
     text = f"{what}: {label(who)} comparable with or better than the best traditional algorithm"
     base = idx.baselines(task, horizon)
     if stat is None or not base:
-        gone = ([label(who)] if stat is None else []) + ([] if base else ["tuned baselines"])
-        return Check(text, None, f"missing: {', '.join(gone)}", required,
-                     _numbers(**{who: stat}, **base))
+        return _missing_vs_baselines(text, who, stat, base, required)
     best_name, best = min(base.items(), key=lambda kv: _mean(kv[1]))
     ref = _mean(best)
     ok = _mean(stat) <= ref * (1 + COMPARABLE) if math.isfinite(ref) else True
@@ -339,9 +343,7 @@ def check_exactly_one_beats(idx, stat, task: str, what: str) -> Check:
     text = f"{what}: only the best traditional algorithm beats RNNprop"
     base = idx.baselines(task, 100)
     if stat is None or not base:
-        gone = ([] if stat is not None else ["RNNprop"]) + ([] if base else ["tuned baselines"])
-        return Check(text, None, f"missing: {', '.join(gone)}", numbers=_numbers(
-            rnnprop=stat, **base))
+        return _missing_vs_baselines(text, "rnnprop", stat, base)
     winners = [b for b, s in base.items() if _mean(s) < _mean(stat)]
     detail = (f"RNNprop {num(stat)} vs " + ", ".join(f"{label(b)} {num(s)}"
                                                      for b, s in base.items())
