@@ -18,7 +18,7 @@ from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES, MetaTrainSetti
 from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
 from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
-from l2o_pipeline.optimizers.learned import COMPILE_MODES, INIT_SCHEMES
+from l2o_pipeline.optimizers.learned import COMPILE_MODES, DM_PREPROCESSING, INIT_SCHEMES
 
 STAGES = ("meta_train", "evaluate", "both")
 DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
@@ -46,6 +46,7 @@ class OptimizerConfig:
     alpha: float | None = None
     init: str | None = None
     preprocess_p: float | None = None
+    preprocess: str | None = None
     output_scale: float | None = None
     # how a learned optimizer is meta-trained (spec §3B/§3C differ per model)
     meta_loss: str | None = None
@@ -262,6 +263,8 @@ def validate_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"optimizer.{key}={opt[key]!r} must be in [0, 1)")
         if opt.init is not None:
             _one_of("optimizer.init", opt.init, INIT_SCHEMES)
+        if opt.preprocess is not None:
+            _one_of("optimizer.preprocess", opt.preprocess, DM_PREPROCESSING)
         if opt.meta_loss is not None:
             _one_of("optimizer.meta_loss", opt.meta_loss, META_LOSSES)
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 LEARNED_KEYS = {
     "rnnprop": ("hidden_size", "n_layers", "beta1", "beta2", "eps", "alpha", "init"),
-    "dmoptimizer": ("hidden_size", "n_layers", "preprocess_p", "output_scale", "init"),
+    "dmoptimizer": ("hidden_size", "n_layers", "preprocess_p", "output_scale", "init",
+                    "preprocess"),
 }
 HAND_KEYS = ("lr", "momentum", "rho", "decay", "initial_accumulator", "beta1", "beta2", "eps")
 

@@ -117,3 +117,19 @@ def test_unknown_group_option_lists_the_valid_ones(make_cfg):
     with pytest.raises(ConfigCompositionException) as info:
         make_cfg("optimizer=lbfgs")
     assert "rnnprop" in str(info.value)
+
+
+def test_dm_presets_follow_their_sources(make_cfg):
+    """dm_quadratic: DeepMind's quadratic config (raw gradient in, output scale 1);
+    dmoptimizer_tricks: selected like RNNprop (moving average of the training loss)."""
+    from l2o_pipeline.config import meta_train_settings
+    from l2o_pipeline.pipeline import build_model
+
+    quad = make_cfg("experiment=dm_quadratic", "stage=meta_train")
+    model = build_model(quad)
+    assert model.preprocess == "identity" and model.output_scale == 1.0
+    assert model.cells[0].input_size == 1
+    tricks = make_cfg("experiment=dmoptimizer_tricks", "stage=meta_train")
+    assert meta_train_settings(tricks).selection == "ema_train_loss"
+    plain = make_cfg("experiment=dmoptimizer", "stage=meta_train")
+    assert meta_train_settings(plain).selection == "validation"

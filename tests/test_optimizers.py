@@ -107,6 +107,24 @@ def test_dmoptimizer_output_is_scaled_linear_output():
     assert torch.allclose(update, torch.full((2,), 0.2))
 
 
+def test_dmoptimizer_identity_input_reads_the_raw_gradient():
+    """DeepMind's quadratic config: one input feature, the gradient itself, output × 1."""
+    opt = DMOptimizer.official(preprocess="identity", output_scale=1.0)
+    assert opt.cells[0].input_size == 1
+    g = torch.tensor([1e-6, 0.5, -2.0])
+    assert torch.equal(opt.inputs(g), g.unsqueeze(-1))
+    with torch.no_grad():
+        for p in opt.parameters():
+            p.zero_()
+        opt.output.bias.fill_(2.0)
+    update, _ = opt.step(g, opt.init_state(3))
+    assert torch.allclose(update, torch.full((3,), 2.0))
+    rebuilt = DMOptimizer(**opt.hparams())
+    assert rebuilt.preprocess == "identity" and rebuilt.cells[0].input_size == 1
+    with pytest.raises(ValueError, match="preprocess"):
+        DMOptimizer(preprocess="log")
+
+
 def tf_reference_steps(name, lr, grads):
     """TensorFlow's update rules written out in plain Python floats."""
     out, theta = [], 0.0

@@ -506,6 +506,10 @@ class RNNprop(LearnedOptimizer):
         return -self.alpha * torch.tanh(out), moments + lstm_state
 
 
+# Input features per coordinate of each DMoptimizer preprocessing.
+DM_PREPROCESSING = {"log_sign": 2, "identity": 1}
+
+
 class DMOptimizer(LearnedOptimizer):
     """Andrychowicz et al.: log/sign preprocessing with parameter p, linear output × scale.
 
@@ -516,14 +520,19 @@ class DMOptimizer(LearnedOptimizer):
     name = "dmoptimizer"
 
     def __init__(self, hidden_size: int = 20, n_layers: int = 2, preprocess_p: float = 10.0,
-                 output_scale: float = 0.1, init: str = "official_rnnprop"):
-        super().__init__(2, hidden_size, n_layers)
+                 output_scale: float = 0.1, init: str = "official_rnnprop",
+                 preprocess: str = "log_sign"):
+        if preprocess not in DM_PREPROCESSING:
+            raise ValueError(f"dmoptimizer.preprocess: unknown {preprocess!r}; valid: "
+                             f"{list(DM_PREPROCESSING)}")
+        super().__init__(DM_PREPROCESSING[preprocess], hidden_size, n_layers)
         if preprocess_p <= 0 or output_scale <= 0:
             raise ValueError(f"dmoptimizer.preprocess_p and output_scale must be positive, "
                              f"got {preprocess_p!r}, {output_scale!r}")
         if init not in INIT_SCHEMES:
             raise ValueError(f"unknown init {init!r}; valid: {sorted(INIT_SCHEMES)}")
         self.preprocess_p, self.output_scale, self.init = preprocess_p, output_scale, init
+        self.preprocess = preprocess
         INIT_SCHEMES[init](self)
 
     @classmethod
@@ -537,13 +546,16 @@ class DMOptimizer(LearnedOptimizer):
     def hparams(self):
         return dict(hidden_size=self.hidden_size, n_layers=self.n_layers,
                     preprocess_p=self.preprocess_p, output_scale=self.output_scale,
-                    init=self.init)
+                    init=self.init, preprocess=self.preprocess)
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
         return self._zero_lstm_state(n, device, dtype)
 
     def inputs(self, grad):
-        """(log|g|/p, sign g) if |g| ≥ e^−p, else (−1, e^p·g): paper 2, appendix A."""
+        """(log|g|/p, sign g) if |g| ≥ e^−p, else (−1, e^p·g): paper 2, appendix A; or the raw
+        gradient (``preprocess="identity"``: DeepMind's quadratic config has no preprocessing)."""
+        if self.preprocess == "identity":
+            return grad.unsqueeze(-1)
         p = self.preprocess_p
         log_part = grad.abs().clamp_min(math.exp(-p)).log() / p
         sign_part = (grad * math.exp(p)).clamp(-1.0, 1.0)
