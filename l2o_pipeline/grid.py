@@ -1,0 +1,489 @@
+"""``l2o-grid``: run the paper grid into a results archive, resumably, within a time budget.
+
+    l2o-grid status [--archive archive] [--protocol cpu]
+    l2o-grid run --hours 2 [--protocol cpu] [--only table2,fig9] [--jobs 2]
+
+The archive is a runs folder kept in the repository (``archive/`` by default): every cell of
+every sweep of :data:`l2o_pipeline.catalog.PAPER_GRID` lands in the folder its sweep gives it
+(``<archive>/paper/<sweep>/<overrides>/seed_<s>``), exactly as ``l2o --config-dir sweeps
+--config-name <sweep>`` would put it, so a cell runs, skips and resumes the same way from
+either command. ``run`` expands each sweep into cells under a *protocol*
+(``sweeps/protocol/<name>.yaml``: the overrides that turn the papers' protocol into an
+affordable one), then starts the cells whose inputs are ready, in the catalog's order, until
+the budget is spent: a meta-training cell still running at the deadline is stopped with
+SIGTERM and saves its state (the next ``run`` continues it); an evaluation cell starts only
+when its estimated cost fits in what is left. ``status`` says per sweep what is done, what is
+running or resumable, what waits for what, and what the rest would cost on this machine
+(from the archive's own timings where it has them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from l2o_pipeline.catalog import META_TRAIN_SWEEP, PAPER_GRID, SWEEPS
+from l2o_pipeline.config import cell_name
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS_DIR = ROOT / "sweeps"
+PROTOCOL_DIR = SWEEPS_DIR / "protocol"
+GRID_LOG = "grid.jsonl"  # one line per cell attempt, in <archive>/paper/
+
+# Seconds per optimizee step of one run, per optimizer, before the archive has timings of its
+# own (measured at 1 thread: bench/bench_speed.py apply rows, sequential evaluation).
+STEP_SECONDS = {"mlp": (0.0008, 0.010), "cnn": (0.02, 0.05), "sine_lstm": (0.002, 0.006),
+                "quadratic": (0.00005, 0.0003), "square": (0.00005, 0.0003)}
+META_ITERATION_SECONDS = {"mlp": 2.3, "quadratic": 0.15}  # one 100-step meta-iteration
+
+
+@dataclass
+class Protocol:
+    name: str
+    description: str
+    overrides: list[str]
+    meta_train_iterations: dict[str, int]
+    sweeps: dict[str, list[str]]
+    path: Path
+
+    def iterations(self, experiment: str) -> int:
+        table = self.meta_train_iterations
+        return int(table.get(experiment, table["default"]))
+
+
+def load_protocol(spec: str | Path) -> Protocol:
+    """A protocol by name (``sweeps/protocol/<name>.yaml``) or by path."""
+    path = Path(spec)
+    if not path.suffix:
+        path = PROTOCOL_DIR / f"{spec}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+        raise GridError(f"protocol {spec!r} not found: give a file or one of {known}")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        iterations = {str(k): int(v) for k, v in data["meta_train_iterations"].items()}
+        if "default" not in iterations:
+            raise KeyError("meta_train_iterations.default")
+        return Protocol(str(data["name"]), str(data.get("description", "")),
+                        [str(o) for o in data.get("overrides") or []], iterations,
+                        {str(k): [str(o) for o in v] for k, v in
+                         (data.get("sweeps") or {}).items()}, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GridError(f"{path}: not a valid protocol ({exc}); see "
+                        f"{PROTOCOL_DIR / 'paper.yaml'} for the format") from None
+
+
+class GridError(ValueError):
+    """A bad protocol, archive or sweep name; the message says what would be valid."""
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+@dataclass
+class Cell:
+    sweep: str
+    overrides: list[str]  # the job's overrides, as the sweep's multirun would give them
+    folder: Path
+    experiment: str | None
+    seed: int
+    target: int | None = None  # meta-training iterations (meta-training cells)
+    n_runs: int | None = None
+    state: str = "pending"  # done | partial | pending | blocked | failed
+    detail: str = ""
+    estimate_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.sweep}/{self.folder.parent.name}/{self.folder.name}"
+
+
+def _compose_sweep(name: str, archive: Path):
+    """The sweep's config with Hydra's node, composed once (no job overrides)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from l2o_pipeline.config import register_configs
+    from l2o_pipeline.main import CONFIG_DIR
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(SWEEPS_DIR)):
+        cfg = compose(name, overrides=[f"paths.runs_dir={archive}",
+                                       f"hydra.searchpath=[file://{CONFIG_DIR}]"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
+    """Every cell of sweep ``name`` under ``protocol``, in the order the sweep would run them."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    cfg = _compose_sweep(name, archive)
+    hydra_cfg = cfg.hydra
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.params or {}).items()]
+    extra = protocol.overrides + protocol.sweeps.get(name, [])
+    parser = OverridesParser.create()
+    jobs = BasicSweeper.split_arguments(parser.parse_overrides(params + extra), None)[0]
+    dirname_cfg = hydra_cfg.job.config.override_dirname
+    exclude = list(dirname_cfg.exclude_keys)
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    cells = []
+    for job in jobs:
+        parsed = parser.parse_overrides(job)
+        values = {o.key_or_group: o.value() for o in parsed}
+        dirname = get_overrides_dirname(parsed, exclude, dirname_cfg.item_sep,
+                                        dirname_cfg.kv_sep)
+        seed = int(values.get("seed", cfg.seed))
+        experiment = values.get("experiment")
+        cell = Cell(name, list(job), sweep_dir / cell_name(dirname) / f"seed_{seed}",
+                    None if experiment is None else str(experiment), seed,
+                    n_runs=int(values.get("evaluation.n_runs", cfg.evaluation.n_runs)))
+        if name == META_TRAIN_SWEEP:
+            cell.target = protocol.iterations(cell.experiment or "default")
+            cell.overrides.append(f"meta_train.n_iterations={cell.target}")
+        cell.extra["optimizee"] = str(values.get("optimizee")
+                                      or _experiment_optimizee(cell.experiment)
+                                      or cfg.optimizee.name)
+        cell.extra["eval_steps"] = _eval_steps(values, cfg)
+        cell.extra["n_optimizers"] = 1 + sum(
+            v is not None for k, v in cfg.evaluation.baselines.items()
+            if k != values.get("optimizer", cfg.optimizer.name))
+        cell.extra["checkpoint_iteration"] = values.get("evaluation.checkpoint_iteration")
+        cells.append(cell)
+    return cells
+
+
+def _experiment_optimizee(experiment: str | None) -> str | None:
+    """The optimizee an experiment preset selects (``override /optimizee: <name>``)."""
+    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    if experiment is None or not path.is_file():
+        return None
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+        if isinstance(entry, dict) and "override /optimizee" in entry:
+            return str(entry["override /optimizee"])
+    return None
+
+
+def _eval_steps(values: dict, cfg) -> list[int]:
+    horizon = values.get("horizon")
+    if horizon is None:
+        return list(cfg.horizon.eval_steps)
+    data = yaml.safe_load((ROOT / "conf" / "horizon" / f"{horizon}.yaml").read_text())
+    return list(data["eval_steps"])
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def meta_progress(folder: Path) -> tuple[int, float | None]:
+    """(iterations done, seconds per iteration) of a meta-training cell, without torch: DONE
+    when finished, else the last logged step of metrics.jsonl."""
+    done = _read_json(folder / "DONE")
+    summary = _read_json(folder / "summary.json") or {}
+    if done is not None:
+        iterations = int(done.get("iterations", 0))
+    else:
+        iterations = 0
+        try:
+            with open(folder / "metrics.jsonl", "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                for line in f.read().decode(errors="replace").splitlines()[1:] or []:
+                    try:
+                        iterations = max(iterations, int(json.loads(line).get("step", 0)))
+                    except (ValueError, AttributeError):
+                        continue
+        except OSError:
+            pass
+    seconds = summary.get("meta/seconds")
+    per_iteration = None
+    if isinstance(seconds, (int, float)) and summary.get("meta/iterations"):
+        per_iteration = seconds / summary["meta/iterations"]
+    return iterations, per_iteration
+
+
+def _family(optimizee: str) -> str:
+    for family in ("cnn", "sine_lstm", "quadratic", "square"):
+        if family in optimizee:
+            return family
+    return "mlp"
+
+
+def _eval_seconds(folder: Path) -> float | None:
+    summary = _read_json(folder / "eval" / "summary.json")
+    if summary is None:
+        return None
+    seconds = [h.get("_seconds") for h in (summary.get("horizons") or {}).values()]
+    return sum(s for s in seconds if isinstance(s, (int, float))) or None
+
+
+def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
+    """Fill each cell's state, detail and estimated remaining seconds, in catalog order."""
+    meta = {(c.experiment, c.seed): c for c in cells_by_sweep.get(META_TRAIN_SWEEP, [])}
+    observed: dict[str, list[float]] = {}  # sweep -> seconds per (run x step x optimizer)
+    for name, cells in cells_by_sweep.items():
+        for c in cells:
+            done = _read_json(c.folder / "DONE")
+            if c.sweep == META_TRAIN_SWEEP:
+                iterations, per_it = meta_progress(c.folder)
+                c.extra["iterations"] = iterations
+                family = _family(c.extra["optimizee"])
+                per_it = per_it or META_ITERATION_SECONDS.get(family, 2.3)
+                c.estimate_s = max(c.target - iterations, 0) * per_it
+                if done is not None and iterations >= c.target:
+                    c.state, c.detail = "done", f"{iterations} iterations"
+                elif iterations:
+                    c.state, c.detail = "partial", f"{iterations}/{c.target} iterations"
+                else:
+                    c.detail = f"0/{c.target} iterations"
+                continue
+            seconds = _eval_seconds(c.folder)
+            work = c.n_runs * sum(c.extra["eval_steps"]) * c.extra["n_optimizers"]
+            if done is not None and seconds:
+                observed.setdefault(name, []).append(seconds / work)
+            c.state = "done" if done is not None and _inputs_current(c, done, meta) else (
+                "pending")
+    for name, cells in cells_by_sweep.items():
+        rates = sorted(observed.get(name, []))
+        for c in cells:
+            if c.sweep == META_TRAIN_SWEEP or c.state == "done":
+                continue
+            hand, learned = STEP_SECONDS[_family(c.extra["optimizee"])]
+            steps = c.n_runs * sum(c.extra["eval_steps"])
+            if rates:
+                c.estimate_s = rates[len(rates) // 2] * steps * c.extra["n_optimizers"]
+            else:
+                learned_share = 0 if SWEEPS[name].stage == "tune" else 1
+                c.estimate_s = steps * (learned * learned_share + hand * (
+                    c.extra["n_optimizers"] - learned_share))
+            waiting = _waiting_for(c, cells_by_sweep, meta)
+            if waiting:
+                c.state, c.detail = "blocked", waiting
+
+
+def _inputs_current(c: Cell, done: dict, meta: dict) -> bool:
+    """A finished evaluation is current while its run count and the checkpoint it evaluated
+    still hold (a meta-training that continued since selects again)."""
+    inputs = done.get("inputs") or {}
+    if inputs.get("n_runs") not in (None, c.n_runs):
+        return False
+    source = meta.get((c.experiment, c.seed))
+    if source is None or not inputs.get("checkpoint"):
+        return True
+    wanted = c.extra.get("checkpoint_iteration")
+    if wanted is None:
+        wanted = (_read_json(source.folder / "summary.json") or {}).get("meta/best_iteration")
+    return wanted is None or inputs.get("checkpoint_iteration") == wanted
+
+
+def _waiting_for(c: Cell, cells_by_sweep: dict, meta: dict) -> str:
+    waits = []
+    for need in SWEEPS[c.sweep].needs:
+        cells = cells_by_sweep.get(need)
+        if cells is None:
+            waits.append(f"{need} (not in this run)")
+            continue
+        missing = sum(x.state != "done" for x in cells)
+        if missing:
+            waits.append(f"{need} ({len(cells) - missing}/{len(cells)} cells)")
+    if SWEEPS[c.sweep].stage == "evaluate" and c.experiment is not None:
+        source = meta.get((c.experiment, c.seed))
+        if source is None:
+            waits.append(f"{META_TRAIN_SWEEP} experiment={c.experiment} seed={c.seed}")
+        elif source.state != "done":
+            waits.append(f"{source.name} ({source.detail})")
+    return "; ".join(waits)
+
+
+def collect(archive: Path, protocol: Protocol, only: list[str] | None = None
+            ) -> dict[str, list[Cell]]:
+    """Cells of every sweep (or of ``only`` and what they need), assessed."""
+    names = [s.name for s in PAPER_GRID]
+    if only:
+        unknown = [n for n in only if n not in SWEEPS]
+        if unknown:
+            raise GridError(f"unknown sweep(s) {unknown}; valid: {names}")
+        wanted = set(only)
+        for n in only:  # what they need comes along, so that readiness can be judged
+            wanted.update(SWEEPS[n].needs)
+            if SWEEPS[n].stage == "evaluate":
+                wanted.add(META_TRAIN_SWEEP)
+        names = [n for n in names if n in wanted]
+    cells = {n: expand(n, archive, protocol) for n in names}
+    assess(cells)
+    return cells
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.0f} min"
+
+
+def status_lines(cells_by_sweep: dict[str, list[Cell]], protocol: Protocol) -> list[str]:
+    lines = [f"protocol: {protocol.name} ({protocol.description})",
+             f"{'sweep':<20} {'done':>9} {'partial':>7} {'ready':>6} {'blocked':>7}  "
+             f"{'rest costs':>10}  waiting for"]
+    total = 0.0
+    for name, cells in cells_by_sweep.items():
+        count = {s: sum(c.state == s for c in cells) for s in ("done", "partial", "pending",
+                                                                 "blocked")}
+        rest = sum(c.estimate_s for c in cells if c.state != "done")
+        total += rest
+        waits = sorted({c.detail for c in cells if c.state == "blocked"})
+        lines.append(f"{name:<20} {count['done']:>4}/{len(cells):<4} {count['partial']:>7} "
+                     f"{count['pending']:>6} {count['blocked']:>7}  {_hours(rest):>10}  "
+                     + (waits[0] + (f" (+{len(waits) - 1} more)" if len(waits) > 1 else "")
+                        if waits else ""))
+        for c in cells:
+            if c.sweep == META_TRAIN_SWEEP and c.state != "done":
+                lines.append(f"  {c.name}: {c.detail}, ~{_hours(c.estimate_s)} left")
+    lines.append(f"the rest costs ~{_hours(total)} of one core on this machine "
+                 "(estimated from the archive's own timings where it has them)")
+    return lines
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _command(c: Cell, archive: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
+            "--config-name", c.sweep, *c.overrides, f"paths.runs_dir={archive}",
+            f"threads={threads}"]
+
+
+def _log(archive: Path, record: dict) -> None:
+    path = archive / "paper" / GRID_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _log_file(logs: Path, c: Cell) -> Path:
+    return logs / (c.name.replace("/", "__") + ".log")
+
+
+def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | None = None,
+             jobs: int = 1, poll_s: float = 5.0, echo=print) -> dict[str, int]:
+    """Start ready cells in catalog order until ``hours`` are spent; returns counts."""
+    deadline = time.monotonic() + hours * 3600
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    logs = archive / "paper" / ".grid_logs"  # console output per cell (not archived)
+    logs.mkdir(parents=True, exist_ok=True)
+    running: dict[str, tuple[subprocess.Popen, Cell, float]] = {}
+    counts = {"finished": 0, "stopped": 0, "failed": 0}
+    tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin
+
+    def reap(stop: bool = False) -> None:
+        for key, (proc, cell, started) in list(running.items()):
+            if stop and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # meta-training saves its state and exits
+            if proc.poll() is None:
+                continue
+            del running[key]
+            outcome = "finished" if proc.returncode == 0 else (
+                "stopped" if proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM)
+                else "failed")
+            counts[outcome] += 1
+            tail = _log_file(logs, cell).read_text(errors="replace").strip()
+            message = tail.splitlines()[-1][-300:] if tail else ""
+            _log(archive, {"cell": cell.name, "outcome": outcome, "rc": proc.returncode,
+                           "seconds": round(time.monotonic() - started, 1),
+                           "protocol": protocol.name, "time": time.time(),
+                           **({"message": message} if outcome == "failed" else {})})
+            echo(f"{outcome}: {cell.name} ({_hours(time.monotonic() - started)})"
+                 + (f": {message}" if outcome == "failed" else ""))
+
+    while True:
+        reap()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        cells = collect(archive, protocol, only)
+        ready = [c for cs in cells.values() for c in cs
+                 if c.state in ("pending", "partial") and c.name not in running
+                 and c.name not in tried]
+        fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP or c.estimate_s <= left]
+        while fits and len(running) < jobs:
+            c = fits.pop(0)
+            tried.add(c.name)
+            log_file = open(_log_file(logs, c), "w")
+            echo(f"start: {c.name} (~{_hours(c.estimate_s)}{', ' + c.detail if c.detail else ''})")
+            proc = subprocess.Popen(_command(c, archive, threads), cwd=ROOT, stdout=log_file,
+                                    stderr=subprocess.STDOUT)
+            running[c.name] = (proc, c, time.monotonic())
+        if not running:
+            break  # nothing ready that fits: the rest waits for inputs or for more time
+        time.sleep(min(poll_s, max(left, 0.1)))
+    if running:
+        echo(f"time is up: stopping {len(running)} cell(s); their state is saved")
+        reap(stop=True)
+        while running:
+            time.sleep(0.5)
+            reap()
+    return counts
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="l2o-grid", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in ("status", "run"):
+        p = sub.add_parser(command)
+        p.add_argument("--archive", default=str(ROOT / "archive"),
+                       help="the results archive (a runs folder); default: archive/")
+        p.add_argument("--protocol", default="paper",
+                       help="sweeps/protocol/<name>.yaml or a file (default: paper)")
+        p.add_argument("--only", default=None,
+                       help="comma-separated sweeps (what they need is assessed too)")
+    run_p = sub.choices["run"]
+    run_p.add_argument("--hours", type=float, required=True, help="time budget")
+    run_p.add_argument("--jobs", type=int, default=1, help="cells at a time (threads split)")
+    args = parser.parse_args(argv)
+    archive = Path(args.archive).resolve()
+    if archive.exists() and not archive.is_dir():
+        parser.error(f"--archive {archive} is a file; give a folder")
+    only = [s for s in args.only.split(",") if s] if args.only else None
+    try:
+        protocol = load_protocol(args.protocol)
+        if args.command == "status":
+            print("\n".join(status_lines(collect(archive, protocol, only), protocol)))
+            return 0
+        if not (args.hours > 0 and math.isfinite(args.hours)) or args.jobs < 1:
+            parser.error("--hours must be a positive number and --jobs a positive integer")
+        counts = run_grid(archive, protocol, args.hours, only, args.jobs)
+    except GridError as exc:
+        print(f"l2o-grid: {exc}", file=sys.stderr)
+        return 2
+    print(f"{counts['finished']} cell(s) finished, {counts['stopped']} stopped (resumable), "
+          f"{counts['failed']} failed; `l2o-grid status` for the rest")
+    print("\n".join(status_lines(collect(archive, protocol, only), protocol)))
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""``l2o-grid``: cells expanded as the sweeps' multiruns place them, status, a budgeted run that
+skips what is finished and continues what is not."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from l2o_pipeline import grid
+from l2o_pipeline.catalog import PAPER_GRID, SWEEPS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_protocol(tmp_path, iterations=2, **sweeps) -> Path:
+    """A miniature protocol: synthetic data, one seed, two tuning rates of Adam, one cell of
+    RNNprop's meta-training and one of Table 2."""
+    spec = {"name": "mini", "description": "test miniature",
+            "overrides": ["debug=default", "seed=0"],
+            "meta_train_iterations": {"default": iterations},
+            "sweeps": {"tune_activations": ["optimizer=adam", "optimizer.lr=0.03125,0.0625",
+                                            "optimizee.activation=sigmoid"],
+                       "paper_meta_train": ["experiment=rnnprop"],
+                       "table2": ["experiment=rnnprop", "optimizee.activation=sigmoid"],
+                       **sweeps}}
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_every_catalog_sweep_exists_and_needs_only_earlier_sweeps():
+    seen = set()
+    for s in PAPER_GRID:
+        assert (ROOT / "sweeps" / f"{s.name}.yaml").is_file(), s.name
+        assert set(s.needs) <= seen, f"{s.name} needs a later sweep"
+        seen.add(s.name)
+
+
+def test_protocols_load_and_the_cpu_one_states_its_reductions():
+    paper, cpu = grid.load_protocol("paper"), grid.load_protocol("cpu")
+    assert paper.overrides == [] and paper.iterations("rnnprop") == 10000
+    assert "seed=0" in cpu.overrides and cpu.iterations("rnnprop") == 5000
+    assert cpu.iterations("dmoptimizer") == 2000
+    assert set(cpu.sweeps) <= set(SWEEPS)
+
+
+def test_a_bad_protocol_is_named(tmp_path):
+    with pytest.raises(grid.GridError, match="not found"):
+        grid.load_protocol("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    with pytest.raises(grid.GridError, match="bad.yaml"):
+        grid.load_protocol(bad)
+
+
+def test_expanded_cells_follow_the_protocol(tmp_path):
+    archive = tmp_path / "archive"
+    cells = grid.expand("table4", archive, grid.load_protocol("cpu"))
+    # 2 experiments x 2 activations x 5 checkpoints, one seed
+    assert len(cells) == 20 and {c.seed for c in cells} == {0}
+    assert {c.extra["checkpoint_iteration"] for c in cells} == {100, 300, 1000, 2000, 5000}
+    folder = cells[0].folder.relative_to(archive)
+    assert folder.parts[:2] == ("paper", "table4") and folder.name == "seed_0"
+    meta = grid.expand("paper_meta_train", archive, grid.load_protocol("cpu"))
+    targets = {c.experiment: c.target for c in meta}
+    assert targets["rnnprop"] == 5000 and targets["dmoptimizer"] == 2000
+    assert meta[0].folder == archive / "paper" / "meta_train" / "experiment=rnnprop" / "seed_0"
+
+
+def test_status_counts_finished_cells_and_waits(tmp_path):
+    archive, protocol = tmp_path / "archive", grid.load_protocol(write_protocol(tmp_path))
+    cells = grid.collect(archive, protocol, ["table2"])
+    assert [c.state for c in cells["table2"]] == ["blocked"]
+    assert "tune_activations (0/2 cells)" in cells["table2"][0].detail
+    for c in cells["tune_activations"]:  # finish the tuning by hand
+        c.folder.mkdir(parents=True)
+        (c.folder / "DONE").write_text(json.dumps({"inputs": {"n_runs": c.n_runs}}))
+    cells = grid.collect(archive, protocol, ["table2"])
+    assert [c.state for c in cells["tune_activations"]] == ["done", "done"]
+    assert "meta_train/experiment=rnnprop" in cells["table2"][0].detail
+    text = "\n".join(grid.status_lines(cells, protocol))
+    assert "tune_activations" in text and "2/2" in text and "0/2 iterations" in text
+
+
+def test_cli_refuses_bad_arguments(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for args in (["status", "--archive", str(afile)], ["status", "--only", "tabel2"],
+                 ["run", "--hours", "0"], ["status", "--protocol", "nope"]):
+        job = subprocess.run([sys.executable, "-m", "l2o_pipeline.grid", *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert job.returncode == 2, args
+        assert "Traceback" not in job.stderr and job.stderr.strip(), args
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_fills_the_archive_then_skips_and_continues(tmp_path):
+    archive = tmp_path / "archive"
+    protocol = grid.load_protocol(write_protocol(tmp_path))
+    counts = grid.run_grid(archive, protocol, hours=0.25, only=["table2"], jobs=2, poll_s=0.5)
+    assert counts == {"finished": 4, "stopped": 0, "failed": 0}, counts
+    cells = grid.collect(archive, protocol, ["table2"])
+    assert all(c.state == "done" for cs in cells.values() for c in cs)
+    summary = json.loads(next((archive / "paper" / "table2").glob("*/seed_0/eval/summary.json"))
+                         .read_text())
+    assert summary["experiment"] == "rnnprop"
+    # A relaunch starts nothing: every cell is finished.
+    assert grid.run_grid(archive, protocol, 0.25, ["table2"], poll_s=0.5)["finished"] == 0
+    # More iterations: the meta-training cell continues, and Table 2 evaluates again exactly
+    # when the continued training selected another checkpoint.
+    meta = archive / "paper/meta_train/experiment=rnnprop/seed_0"
+    best_before = json.loads((meta / "summary.json").read_text())["meta/best_iteration"]
+    longer = grid.load_protocol(write_protocol(tmp_path, iterations=4))
+    finished = grid.run_grid(archive, longer, 0.25, ["table2"], poll_s=0.5)["finished"]
+    assert json.loads((meta / "DONE").read_text())["iterations"] == 4
+    best_after = json.loads((meta / "summary.json").read_text())["meta/best_iteration"]
+    assert finished == 1 + (best_after != best_before)
+    evaluated = json.loads(next((archive / "paper" / "table2").glob("*/seed_0/DONE"))
+                           .read_text())["inputs"]["checkpoint_iteration"]
+    assert evaluated == best_after
+    log = [json.loads(x) for x in (archive / "paper" / grid.GRID_LOG).read_text().splitlines()]
+    assert len(log) == 4 + finished and {r["outcome"] for r in log} == {"finished"}
+
+
+@pytest.mark.slow
+def test_the_deadline_stops_a_meta_training_that_the_next_run_continues(tmp_path):
+    archive = tmp_path / "archive"
+    protocol = grid.load_protocol(write_protocol(tmp_path, iterations=100000))
+    counts = grid.run_grid(archive, protocol, hours=25 / 3600, only=["paper_meta_train"],
+                           poll_s=0.5)
+    assert counts == {"finished": 0, "stopped": 1, "failed": 0}, counts
+    folder = archive / "paper/meta_train/experiment=rnnprop/seed_0"
+    assert (folder / "state.pt").is_file() and not (folder / "DONE").exists()
+    first, _ = grid.meta_progress(folder)
+    grid.run_grid(archive, protocol, hours=25 / 3600, only=["paper_meta_train"], poll_s=0.5)
+    assert grid.meta_progress(folder)[0] > first
