@@ -392,6 +392,8 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     logs = archive / "paper" / ".grid_logs"  # console output per cell (not archived)
     logs.mkdir(parents=True, exist_ok=True)
+    # The report prints the protocol the archive's cells were run under.
+    (archive / "paper" / "protocol.yaml").write_text(protocol.path.read_text())
     running: dict[str, tuple[subprocess.Popen, Cell, float]] = {}
     counts = {"finished": 0, "stopped": 0, "failed": 0}
     tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin

