@@ -75,7 +75,10 @@ def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
             if not result or result.get("lr") is None:
                 continue
             loss = result["final_loss_mean"]
-            loss = math.inf if loss is None or not math.isfinite(loss) else loss
+            # A rate at which any run diverged has no finite mean over all its runs (the
+            # summary's mean leaves those runs out): it is never the tuned rate.
+            if loss is None or not math.isfinite(loss) or result.get("n_diverged"):
+                loss = math.inf
             key = f"{summary['task']}@{horizon}"
             entry = best.setdefault(key, {}).get(name)
             if entry is None or loss < entry["loss"]:

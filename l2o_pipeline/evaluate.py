@@ -24,6 +24,14 @@ def run_seed(seed: int, run: int, stream: int) -> int:
     return (seed * 1_000_003 + run * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
+# A run diverged when its final loss is non-finite or more than DIVERGED_FACTOR times its
+# initial loss (the loss at θ0 on the run's first minibatch). Not "≥ the initial loss": a
+# run that barely moves ends near it, above or below by minibatch noise alone.
+DIVERGED_FACTOR = 2.0
+DIVERGED_RULE = (f"a run diverged when its final loss is non-finite or > {DIVERGED_FACTOR:g}x "
+                 "its initial loss; mean, std and median are over the other runs")
+
+
 @dataclass
 class EvalResult:
     name: str
@@ -31,16 +39,23 @@ class EvalResult:
     final_losses: torch.Tensor  # [runs]
     extra: dict = field(default_factory=dict)
 
+    def diverged(self) -> torch.Tensor:
+        """[runs] bool: the runs that diverged (:data:`DIVERGED_RULE`)."""
+        final, initial = self.final_losses, self.curves[:, 0]
+        return ~torch.isfinite(final) | (final > DIVERGED_FACTOR * initial)
+
     def summary(self) -> dict:
-        finite = self.final_losses[torch.isfinite(self.final_losses)]
-        mean = finite.mean().item() if len(finite) else math.nan
-        std = finite.std().item() if len(finite) > 1 else 0.0
+        diverged = self.diverged()
+        kept = self.final_losses[~diverged]
+        mean = kept.mean().item() if len(kept) else math.nan
+        std = kept.std().item() if len(kept) > 1 else 0.0
         return {
             "final_loss_mean": mean,
             "final_loss_std": std,
-            "final_loss_median": finite.median().item() if len(finite) else math.nan,
+            "final_loss_median": kept.median().item() if len(kept) else math.nan,
             "n_runs": len(self.final_losses),
-            "n_diverged": int((~torch.isfinite(self.final_losses)).sum()),
+            "n_diverged": int(diverged.sum()),
+            "n_in_mean": len(kept),
         }
 
 

@@ -16,26 +16,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
 from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
-from l2o_pipeline.config import ConfigError, meta_train_settings, validate_config
-from l2o_pipeline.evaluate import evaluate
+from l2o_pipeline.config import (
+    ConfigError,
+    meta_train_settings,
+    optimizer_keys,
+    validate_config,
+)
+from l2o_pipeline.evaluate import DIVERGED_RULE, evaluate
+from l2o_pipeline.fingerprint import check_run_folder, semantic_config, write_fingerprint
 from l2o_pipeline.meta import meta_train
 from l2o_pipeline.optimizees import build_task
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, build_optimizer, learned
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 log = logging.getLogger(__name__)
-
-LEARNED_KEYS = {
-    "rnnprop": ("hidden_size", "n_layers", "beta1", "beta2", "eps", "alpha", "init"),
-    "dmoptimizer": ("hidden_size", "n_layers", "preprocess_p", "output_scale", "init",
-                    "preprocess"),
-}
-HAND_KEYS = ("lr", "momentum", "rho", "decay", "initial_accumulator", "beta1", "beta2", "eps")
-
 
 def config_dict(cfg: DictConfig) -> dict:
     """The resolved config without Hydra's own node (saved in checkpoints and W&B)."""
@@ -56,8 +54,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: DictConfig):
     """The optimizer named by ``cfg.optimizer`` with its configured keys (None = default)."""
     opt = cfg.optimizer
-    keys = LEARNED_KEYS.get(_family(opt.name), HAND_KEYS)
-    kwargs = {k: opt[k] for k in keys if opt.get(k) is not None}
+    kwargs = {k: opt[k] for k in optimizer_keys(opt.name) if opt.get(k) is not None}
     return build_optimizer(opt.name, **kwargs)
 
 
@@ -120,6 +117,8 @@ def run(cfg: DictConfig) -> float:
     """Run the configured stages; return the headline metric (lower is better)."""
     validate_config(cfg)
     out = Path(cfg.paths.output_dir)
+    semantic = semantic_config(config_dict(cfg))
+    check_run_folder(out, semantic)  # before anything in the folder is touched
     done = out / "DONE"
     record = json.loads(done.read_text()) if cfg.skip_if_done and done.is_file() else None
     skipping = "%s is finished (metric %.6g); skipping. skip_if_done=false to run again"
@@ -149,6 +148,7 @@ def run(cfg: DictConfig) -> float:
     learned.set_memory_saving(cfg.save_memory)
     config = config_dict(cfg)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config))
+    write_fingerprint(out, semantic)
 
     from l2o_pipeline.tracking import make_writer
 
@@ -286,7 +286,28 @@ def _resolve_eval_checkpoint(cfg) -> tuple | None:
         hint = f" Produce it with: {ev.produced_by}" if ev.produced_by else ""
         raise CheckpointError(f"{exc}.{hint}") from None
     # loaded once, here: the right model and a readable file, before any work
-    return load_optimizer(path, expected_class=_family(cfg.optimizer.name))
+    model, payload = load_optimizer(path, expected_class=_family(cfg.optimizer.name))
+    _adopt_checkpoint_hparams(cfg, payload)
+    return model, payload
+
+
+def _adopt_checkpoint_hparams(cfg, payload) -> None:
+    """A checkpoint is evaluated as it was trained: its own variant and hyper-parameters win
+    over config keys, and the config takes them, so that what is recorded is what runs. A key
+    that said otherwise gets one warning."""
+    opt = cfg.optimizer
+    values = dict(payload["hparams"])
+    if payload.get("variant") in LEARNED:
+        values["name"] = payload["variant"]
+    contradicted = [f"optimizer.{key}: {opt[key]} -> {value}" for key, value in values.items()
+                    if key in opt and opt[key] is not None and opt[key] != value]
+    if contradicted:
+        log.warning("evaluating %s with its own hyper-parameters, not the config's (recorded "
+                    "as such): %s", payload["path"], "; ".join(contradicted))
+    with read_write(opt):
+        for key, value in values.items():
+            if key in opt:
+                opt[key] = value
 
 
 def _choice(group: str) -> str | None:
@@ -325,9 +346,10 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
     summary = {"task": key, "task_name": task.name, "n_runs": cfg.evaluation.n_runs,
                "final_loss": cfg.evaluation.final_loss, "optimizer": name,
                "experiment": _choice("experiment"), "seed": cfg.seed,
-               "evaluation_seed": cfg.evaluation.seed,
+               "evaluation_seed": cfg.evaluation.seed, "diverged_rule": DIVERGED_RULE,
                "checkpoint": str(checkpoint) if checkpoint else None,
                "checkpoint_iteration": payload.get("iteration") if name in LEARNED else None,
+               "optimizer_hparams": payload["hparams"] if name in LEARNED else None,
                "data_source": dataset.source if dataset is not None else None,
                "horizons": {}}
     headline = math.nan
@@ -349,8 +371,9 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
             block[opt_name] = s
             rows.append([horizon, opt_name, lrs[opt_name], s["final_loss_mean"],
                          s["final_loss_std"], s["n_diverged"]])
-            log.info("%-10s %5d steps: final loss %.5g ± %.3g", opt_name, horizon,
-                     s["final_loss_mean"], s["final_loss_std"])
+            log.info("%-10s %5d steps: final loss %.5g ± %.3g (%d of %d runs diverged)",
+                     opt_name, horizon, s["final_loss_mean"], s["final_loss_std"],
+                     s["n_diverged"], s["n_runs"])
         summary["horizons"][str(horizon)] = block | {"_seconds": seconds}
         torch.save({k: r.curves for k, r in results.items()}, eval_dir / f"curves_{horizon}.pt")
         png = plot_loss_curves({k: r.curves for k, r in results.items()},

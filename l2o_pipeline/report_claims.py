@@ -38,7 +38,9 @@ RULES: list[tuple[str, str]] = [
     ("significantly outperforms", f"A's mean final loss is lower than B's by more than "
                                   f"{SIGNIFICANT:.0%}."),
     ("fails", f"an optimizer fails on a task when ≥ {DIVERGED_FRACTION:.0%} of its runs "
-              "diverged (non-finite final loss), or its mean final loss is ≥ the mean initial "
+              "diverged (the evaluation's rule, each summary's diverged_rule: final loss "
+              "non-finite or far above its initial loss), or its mean final loss is ≥ the "
+              "mean initial "
               "loss (the step-1 loss of the same paired runs), or it is ≥ "
               f"{FAIL_RATIO:g}× the best tuned traditional algorithm's."),
     ("traditional algorithms", "the hand-designed optimizers evaluated on that task and "

@@ -25,7 +25,7 @@ def test_defaults_are_the_papers_main_setup(make_cfg):
     assert cfg.tricks.random_scaling.enabled and cfg.tricks.random_scaling.k == 3.0
     assert cfg.tricks.convex_combination.enabled and cfg.tricks.convex_combination.dim == 20
     assert (cfg.horizon.steps_per_run, cfg.horizon.unroll) == (100, 20)
-    assert cfg.meta_train.meta_lr == 1e-4 and cfg.optimizer.selection == "ema_train_loss"
+    assert cfg.meta_train.meta_lr == 1e-4 and cfg.meta_train.selection == "ema_train_loss"
     assert cfg.stage == "both" and cfg.evaluation.baselines.adam == "tuned"
     assert cfg.evaluation.baselines.sgd is None
     assert cfg.evaluation.n_runs == 100
@@ -80,6 +80,38 @@ def test_tricks_are_a_multi_select_group(make_cfg, tricks, rs, cc):
     ("tricks.convex_combination.x0=gauss", "tricks.convex_combination.x0"),
     ("logger.wandb.mode=cloud", "logger.wandb.mode"),
     ("data.mnist_fallback=kaggle", "data.mnist_fallback"),
+    # non-finite or absurd numbers where a finite positive one is meant
+    ("meta_train.meta_lr=1e38", "meta_train.meta_lr"),
+    ("meta_train.meta_lr=inf", "meta_train.meta_lr"),
+    ("meta_train.meta_lr=nan", "meta_train.meta_lr"),
+    ("meta_train.meta_lr=2", "meta_train.meta_lr"),
+    ("meta_train.ema_decay=nan", "meta_train.ema_decay"),
+    ("tricks.random_scaling.k=inf", "tricks.random_scaling.k"),
+    ("tricks.random_scaling.k=nan", "tricks.random_scaling.k"),
+    ("tricks.random_scaling.k=100", "tricks.random_scaling.k"),
+    ("tricks.convex_combination.scale_k=inf", "tricks.convex_combination.scale_k"),
+    ("tricks.convex_combination.clip=inf", "tricks.convex_combination.clip"),
+    ("optimizer.alpha=inf", "optimizer.alpha"),
+    ("optimizer.eps=0", "optimizer.eps"),
+    ("optimizer.beta2=nan", "optimizer.beta2"),
+    ("optimizee.init_std=nan", "optimizee.init_std"),
+    ("optimizee.init_std=inf", "optimizee.init_std"),
+    ("evaluation.baselines.adam=inf", "evaluation.baselines.adam"),
+    ("evaluation.baselines.adam=nan", "evaluation.baselines.adam"),
+    ("evaluation.baselines.sgd=1e4", "evaluation.baselines.sgd"),
+    # keys the chosen optimizer does not take (a learned optimizer has no learning rate)
+    ("optimizer.lr=nan", "optimizer.lr"),
+    ("optimizer.lr=0.1", "optimizer.lr"),
+    # keys added with '+' that the schema does not have (Hydra's own advice for a typo)
+    ("+meta_train.n_iteration=3", "meta_train.n_iteration"),
+    ("+optimizer.meta_lr=1e-3", "optimizer.meta_lr"),
+    ("+tricks.random_scaling.kk=2", "tricks.random_scaling.kk"),
+    ("+hidden=40", "hidden"),
+    # a multi-select group with an option twice (Hydra merges it silently: another cell name)
+    ("tricks=[random_scaling,random_scaling]", "tricks"),
+    ("tricks=[convex_combination,random_scaling,convex_combination]", "tricks"),
+    # set by the debug group only
+    ("debug_preset=default", "debug_preset"),
 ])
 def test_impossible_values_fail_naming_the_key(make_cfg, tmp_path, override, key):
     cfg = make_cfg(override)
@@ -91,6 +123,15 @@ def test_impossible_values_fail_naming_the_key(make_cfg, tmp_path, override, key
 @pytest.mark.parametrize("override, key", [
     ("optimizer=adam optimizer.lr=0", "optimizer.lr"),
     ("optimizer=sgd optimizer.lr=-0.1", "optimizer.lr"),
+    ("optimizer=sgd optimizer.lr=inf", "optimizer.lr"),
+    ("optimizer=sgd optimizer.lr=nan", "optimizer.lr"),
+    ("optimizer=sgd optimizer.lr=1e38", "optimizer.lr"),
+    ("optimizer=adam optimizer.beta1=nan", "optimizer.beta1"),
+    ("optimizer=adam optimizer.eps=-1", "optimizer.eps"),
+    ("optimizer=adagrad optimizer.initial_accumulator=inf", "optimizer.initial_accumulator"),
+    ("optimizer=rmsprop optimizer.decay=1", "optimizer.decay"),
+    ("optimizer=adadelta optimizer.rho=nan", "optimizer.rho"),
+    ("optimizer=sgd optimizer.momentum=0.9", "optimizer.momentum"),  # SGD has none
     ("optimizer=adam stage=meta_train", "stage"),
 ])
 def test_hand_designed_optimizer_values(make_cfg, override, key):
@@ -133,3 +174,45 @@ def test_dm_presets_follow_their_sources(make_cfg):
     assert meta_train_settings(tricks).selection == "ema_train_loss"
     plain = make_cfg("experiment=dmoptimizer", "stage=meta_train")
     assert meta_train_settings(plain).selection == "validation"
+
+
+def test_an_unknown_key_names_the_nearest_valid_one(make_cfg):
+    with pytest.raises(ConfigError, match=r"did you mean meta_train\.n_iterations\?"):
+        validate_config(make_cfg("+meta_train.n_iteration=3"))
+
+
+@pytest.mark.parametrize("override", [
+    "logger.wandb.tags=[paper,r10]", "evaluation.baselines.sgd=0.1",
+    "evaluation.baselines.rmsprop=tuned", "optimizer=sgd optimizer.lr=1e3",
+    "tricks=[random_scaling]", "tricks=[]", "optimizee=sine_lstm optimizee.noise=0",
+])
+def test_free_form_and_edge_values_still_pass(make_cfg, override):
+    cfg = make_cfg(*override.split())
+    if cfg.optimizer.name not in ("rnnprop", "dmoptimizer", "dmoptimizer_official"):
+        cfg.stage = "evaluate"
+    validate_config(cfg)
+
+
+def test_data_dir_pointing_at_a_file_is_refused(make_cfg, tmp_path):
+    not_a_dir = tmp_path / "mnist.tar"
+    not_a_dir.write_text("x")
+    cfg = make_cfg(f"data.dir={not_a_dir}")
+    with pytest.raises(ConfigError, match=r"data\.dir=.*is a file"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+    validate_config(make_cfg(f"data.dir={not_a_dir}", "optimizee.dataset=synthetic_mnist"))
+
+
+def test_each_model_sets_its_own_meta_training_keys_and_the_command_line_wins(make_cfg):
+    """One key per setting: the optimizer file writes meta_train.*, an override beats it."""
+    official = make_cfg("optimizer=dmoptimizer_official")
+    assert (official.meta_train.meta_lr, official.meta_train.meta_loss,
+            official.meta_train.selection) == (1e-3, "sum_all", "validation")
+    paper = make_cfg("experiment=dmoptimizer")
+    assert (paper.meta_train.meta_lr, paper.meta_train.meta_loss,
+            paper.meta_train.selection) == (1e-4, "mean", "validation")
+    given = make_cfg("optimizer=dmoptimizer_official", "meta_train.meta_lr=3e-3",
+                     "meta_train.selection=last", "meta_train.meta_loss=mean")
+    assert (given.meta_train.meta_lr, given.meta_train.meta_loss,
+            given.meta_train.selection) == (3e-3, "mean", "last")
+    assert "meta_lr" not in official.optimizer and "selection" not in official.optimizer

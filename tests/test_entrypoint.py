@@ -123,6 +123,43 @@ def test_a_finished_evaluation_reruns_only_when_what_it_evaluated_changed(make_c
     assert evaluate("evaluation.n_runs=3", "evaluation.baselines.adam=0.1")[1] == stamp4
 
 
+def test_a_checkpoint_is_evaluated_with_its_own_hyper_parameters_and_recorded_so(
+        make_cfg, tmp_path, caplog):
+    """A hidden-size-5 checkpoint under a config that says 20 (rnnprop's default): the
+    size-5 net runs, the recorded config and summary say 5, and a warning names the key."""
+    train, out = tmp_path / "train", tmp_path / "eval"
+    run(make_cfg(*DEBUG, "stage=meta_train", "optimizer.hidden_size=5", output_dir=train))
+    cfg = make_cfg(*DEBUG, "stage=evaluate", f"evaluation.checkpoint={train}", output_dir=out)
+    assert cfg.optimizer.hidden_size == 20
+    with caplog.at_level("WARNING", logger="l2o_pipeline.pipeline"):
+        run(cfg)
+    assert "optimizer.hidden_size: 20 -> 5" in caplog.text
+    recorded = yaml_load(out / "config_resolved.yaml")
+    assert recorded["optimizer"]["hidden_size"] == 5
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["optimizer_hparams"]["hidden_size"] == 5
+
+
+def yaml_load(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def test_cli_refuses_a_changed_config_in_a_finished_folder(tmp_path):
+    """Through the CLI: a non-zero exit naming the key, and the folder's records untouched
+    (Hydra's own .hydra/ copy of the launch is rewritten before the pipeline runs)."""
+    out = tmp_path / "run"
+    assert cli(*DEBUG, "stage=meta_train", "meta_train.n_iterations=1",
+               f"hydra.run.dir={out}", timeout=300).returncode == 0
+    records = {name: (out / name).read_bytes()
+               for name in ("DONE", "config_resolved.yaml", "fingerprint.json", "final.pt")}
+    proc = cli(*DEBUG, "stage=meta_train", "meta_train.n_iterations=1", "seed=3",
+               f"hydra.run.dir={out}", timeout=300)
+    assert proc.returncode != 0 and "seed: 0 -> 3" in proc.stdout + proc.stderr
+    assert {name: (out / name).read_bytes() for name in records} == records
+
+
 def cli(*args, env=None, **kw):
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "l2o_pipeline", *args], cwd=ROOT, env=full_env,
@@ -152,9 +189,10 @@ def test_local_multirun_gives_one_wandb_run_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [load_run(d) for d in sorted(sweep.glob("*/seed_*/wandb/offline-run-*"))]
     assert len(runs) == 4
-    # group = the grid cell: the overrides without the seed (and without debug, logger, stage
-    # and the meta-training length, which are not part of a cell's identity)
-    assert {r["group"] for r in runs} == {"optimizer=rnnprop", "optimizer=dmoptimizer"}
+    # group = the grid cell: the overrides without the seed (and without logger, stage and
+    # the meta-training length, which are not part of a cell's name); debug is part of it
+    assert {r["group"] for r in runs} == {"debug=default,optimizer=rnnprop",
+                                          "debug=default,optimizer=dmoptimizer"}
     assert len({r["id"] for r in runs}) == 4
     for r in runs:
         assert r["job_type"] == "meta_train"

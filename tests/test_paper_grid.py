@@ -25,13 +25,15 @@ def test_miniature_meta_train_and_table2_sweeps_into_a_report(tmp_path):
     missing = sweep("table2", runs, "experiment=rnnprop", "optimizee.activation=sigmoid",
                     "seed=0", "evaluation.baselines.adam=0.03125")
     assert missing.returncode != 0
-    assert "paper_meta_train experiment=rnnprop seed=0" in missing.stdout + missing.stderr
+    assert ("paper_meta_train experiment=rnnprop debug=default seed=0"
+            in missing.stdout + missing.stderr)
 
     meta = sweep("paper_meta_train", runs, "experiment=rnnprop,dmoptimizer", "seed=0",
                  "meta_train.n_iterations=2")
     assert meta.returncode == 0, meta.stderr[-3000:]
     cells = sorted(p.parent.name for p in (runs / "paper" / "meta_train").glob("*/seed_0"))
-    assert cells == ["experiment=dmoptimizer", "experiment=rnnprop"]
+    # debug is part of a cell's name: a debug cell never shares a real cell's folder
+    assert cells == ["debug=default,experiment=dmoptimizer", "debug=default,experiment=rnnprop"]
 
     table2 = sweep("table2", runs, "experiment=rnnprop,dmoptimizer",
                    "optimizee.activation=sigmoid,relu", "seed=0",

@@ -187,7 +187,12 @@ def meta_train(
         elif settings.selection == "validation":
             results = evaluate(validation_task, {"model": model}, settings.validation_steps,
                                settings.validation_runs, seed=seed + 1)
-            score = results["model"].summary()["final_loss_mean"]
+            # The mean over the finite runs, not the summary's mean (which also leaves out
+            # runs far above their initial loss): a resumed meta-training must score its
+            # checkpoints as it did before that rule existed.
+            final = results["model"].final_losses
+            finite = final[torch.isfinite(final)]
+            score = finite.mean().item() if len(finite) else math.inf
         else:
             score = -iteration
         score = math.inf if score is None or not math.isfinite(score) else float(score)
