@@ -79,7 +79,7 @@ def run_job(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except Exception as exc:
-        _report_job_failure(exc)
+        _report_job_failure(exc, multirun=_in_multirun())
         raise
 
 
@@ -110,19 +110,23 @@ def main() -> None:
             os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
-def _report_job_failure(exc: Exception) -> None:
+def _report_job_failure(exc: Exception, multirun: bool) -> None:
     """The traceback goes to the job's log file only: a single run's console gets the message
     (a user error) or the traceback (a bug) once, from :func:`main`. A multirun's console gets
     each failed job's now, since the launcher runs the other jobs and re-raises only the first
     failure at the end."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     message = user_error_message(exc, RUN_FOLDER_HINT)
     header = f"the run failed: {message}" if message else "the run failed"
     _log(header, exc, files=True)
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if multirun:
         _log(message or header, None if message else exc, files=False)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _log(message: str, exc: Exception | None, files: bool) -> None:

@@ -193,8 +193,14 @@ def test_bugs_are_not_user_errors(exc):
     assert user_error_message(exc) is None
 
 
-def test_file_only_logging_keeps_the_console_quiet(tmp_path, capsys):
-    """run_job's report: a single run's traceback goes to the log file, not to the console."""
+@pytest.mark.parametrize("multirun", [False, True])
+@pytest.mark.parametrize("exc, on_console", [
+    (ConfigError("stage='x' is not valid"), "stage='x' is not valid"),
+    (RuntimeError("a planted bug"), "Traceback"),
+])
+def test_a_failed_job_is_logged_to_the_file_and_on_the_console_only_in_a_multirun(
+        tmp_path, capsys, multirun, exc, on_console):
+    """A single run's console gets the error once, from main(); a multirun's as it happens."""
     from l2o_pipeline import main
 
     root = logging.getLogger()
@@ -204,16 +210,17 @@ def test_file_only_logging_keeps_the_console_quiet(tmp_path, capsys):
     root.addHandler(console)
     try:
         try:
-            raise ConfigError("stage='x' is not valid")
-        except ConfigError as exc:
-            main._report_job_failure(exc)
+            raise exc
+        except Exception as raised:
+            main._report_job_failure(raised, multirun=multirun)
     finally:
         root.removeHandler(file_handler)
         root.removeHandler(console)
         file_handler.close()
     log = (tmp_path / "job.log").read_text()
-    assert "the run failed: stage='x' is not valid" in log and "Traceback" in log
-    assert "stage='x'" not in capsys.readouterr().err
+    assert "the run failed" in log and "Traceback" in log and str(exc) in log
+    err = capsys.readouterr().err
+    assert (on_console in err) is multirun and (str(exc) in err) is multirun
 
 
 def test_torch_full_disk_error_is_a_user_error(tmp_path):
