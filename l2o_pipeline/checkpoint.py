@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from l2o_pipeline.errors import UserError
 from l2o_pipeline.optimizers import DMOptimizer, LearnedOptimizer, RNNprop
 
 log = logging.getLogger(__name__)
@@ -23,7 +26,7 @@ STATE_FORMAT = "l2o_pipeline.meta_train_state/v1"
 _CLASSES = {"rnnprop": RNNprop, "dmoptimizer": DMOptimizer}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, corrupt or for something else."""
 
 
@@ -41,19 +44,45 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 
 def load_file(path: str | Path, expected_format: str) -> dict:
+    """A checkpoint or training state, read with ``weights_only=True``: the unpickler builds
+    tensors, containers and plain values only, so a file that names any other object (a
+    pickled ``os.system`` call) is refused before anything in it runs. What this project
+    writes needs no more (tests/test_checkpoint_safety.py loads the packaged optimizer)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # raw pickles of another protocol: refused just below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _refusal_reason(exc)
+        if "GLOBAL" not in reason:  # text, a raw pickle: opcodes the safe loader never reads
+            raise _corrupt(path, "UnpicklingError", reason) from None
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote: it holds objects "
+                              f"a checkpoint never contains ({reason}), so it was not loaded "
+                              "and nothing in it ran. Use a file written by meta-training or "
+                              "save_optimizer") from None
     except Exception as exc:  # truncated zip, pickle garbage, ...
-        kind = exc.__class__.__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({kind}: {exc}); "
-                              "re-create it or use an earlier checkpoint") from exc
+        raise _corrupt(path, exc.__class__.__name__, str(exc)) from exc
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is not a {expected_format} checkpoint (found {found!r})")
     return obj
+
+
+def _corrupt(path: Path, kind: str, reason: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is truncated or corrupt, or not a checkpoint this "
+                           f"project wrote ({kind}: {reason}); re-create it or use an earlier "
+                           "checkpoint")
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """The reason of torch's safe loader, e.g. "Trying to load unsupported GLOBAL posix.system
+    ...", without its advice to load the file with weights_only=False."""
+    text = str(exc).split("Check the documentation of torch.load")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if len(lines) > 1 else str(exc)
 
 
 def optimizer_payload(model: LearnedOptimizer, variant: str, config: dict | None = None,

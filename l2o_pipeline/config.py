@@ -18,6 +18,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from l2o_pipeline.errors import UserError
 from l2o_pipeline.evaluate import FINAL_LOSS_RULES
 from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES, MetaTrainSettings
 from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
@@ -29,7 +30,7 @@ STAGES = ("meta_train", "evaluate", "both")
 DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An impossible config value; the message names the key and the valid values."""
 
 

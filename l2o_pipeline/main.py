@@ -1,12 +1,14 @@
 """The Hydra entrypoint: ``l2o ...`` or ``python -m l2o_pipeline ...``.
 
-A thin wrapper: compose the config, hand it to :func:`l2o_pipeline.pipeline.run`.
+A thin wrapper: compose the config, hand it to :func:`l2o_pipeline.pipeline.run`; report a
+user error as one message (no traceback on the console, exit status 2).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +57,7 @@ import hydra  # noqa: E402  (after the OpenMP setting: these import torch)
 from omegaconf import DictConfig  # noqa: E402
 
 from l2o_pipeline.config import register_configs  # noqa: E402
+from l2o_pipeline.errors import USER_ERROR_EXIT, user_error_message  # noqa: E402
 
 # Absolute path: a relative one breaks under `python -m` and console scripts (Hydra resolves
 # it as a Python package when the task function's module is not __main__).
@@ -65,17 +68,75 @@ register_configs()
 
 log = logging.getLogger("l2o_pipeline")
 
+RUN_FOLDER_HINT = ("check the path (run folders are set by paths.runs_dir, hydra.run.dir and "
+                   "hydra.sweep.dir)")
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+
+def run_job(cfg: DictConfig) -> float:
+    """Hydra's task function: one run (one job of a multirun)."""
     from l2o_pipeline.pipeline import run
 
     try:
         return run(cfg)
-    except Exception:
-        # Hydra (and submitit) report only the message; keep the traceback in the run's log.
-        log.exception("the run failed")
+    except Exception as exc:
+        _report_job_failure(exc, multirun=_in_multirun())
         raise
+
+
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(run_job)
+
+
+def main() -> None:
+    """The console script (``l2o``, ``python -m l2o_pipeline``): Hydra's command line, with a
+    user error (:mod:`l2o_pipeline.errors`) printed as one message and exit status 2, and a
+    bug with its traceback. ``HYDRA_FULL_ERROR=1`` shows every traceback, as in Hydra."""
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    # Hydra then raises errors instead of printing its own report and exiting 1: composition
+    # errors, and the run folder it creates (a file in its place, a read-only disk), are raised
+    # before run_job runs.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except Exception as exc:
+        message = user_error_message(exc, RUN_FOLDER_HINT)
+        if message is None or full_error == "1":
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+def _report_job_failure(exc: Exception, multirun: bool) -> None:
+    """The traceback goes to the job's log file only: a single run's console gets the message
+    (a user error) or the traceback (a bug) once, from :func:`main`. A multirun's console gets
+    each failed job's now, since the launcher runs the other jobs and re-raises only the first
+    failure at the end."""
+    message = user_error_message(exc, RUN_FOLDER_HINT)
+    header = f"the run failed: {message}" if message else "the run failed"
+    _log(header, exc, files=True)
+    if multirun:
+        _log(message or header, None if message else exc, files=False)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _log(message: str, exc: Exception | None, files: bool) -> None:
+    """An ERROR record to the root logger's file handlers (Hydra's job log) or to the others
+    (the console); with ``exc``, its traceback too."""
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) == files:
+            handler.handle(record)
 
 
 if __name__ == "__main__":

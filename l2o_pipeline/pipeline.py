@@ -19,7 +19,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
-from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
+from l2o_pipeline.checkpoint import (
+    STATE_FORMAT,
+    CheckpointError,
+    load_file,
+    load_optimizer,
+    resolve_checkpoint,
+)
 from l2o_pipeline.config import (
     ConfigError,
     meta_train_settings,
@@ -236,8 +242,7 @@ def _resume_step(out: Path) -> int | None:
     if not state.exists():
         return None
     try:
-        return int(torch.load(state, map_location="cpu", weights_only=False)["progress"]
-                   ["iteration"])
+        return int(load_file(state, STATE_FORMAT)["progress"]["iteration"])
     except Exception:  # a corrupt state is handled (and reported) by meta_train itself
         return None
 

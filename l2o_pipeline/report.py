@@ -1356,8 +1356,24 @@ def main(argv: list[str] | None = None) -> int:
                         "RNNprop's lead over Adam is largest)")
     parser.add_argument("--no-figures", action="store_true", help="tables and claims only")
     args = parser.parse_args(argv)
-    res = build_report(args.runs, args.out, args.title, args.note, args.fig5_depth,
-                       figures=not args.no_figures)
+    runs, out = Path(args.runs), Path(args.out)
+    if not runs.is_dir():
+        found = "is a file" if runs.exists() else "does not exist"
+        parser.error(f"--runs {runs} {found}; give the folder that holds the runs (the sweeps' "
+                     "hydra.sweep.dir or paths.runs_dir, e.g. runs/paper)")
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file; give a folder for report.md, the figures and "
+                     "results.json (created if missing)")
+    from l2o_pipeline.errors import USER_ERROR_EXIT, user_error_message
+
+    try:
+        res = build_report(runs, out, args.title, args.note, args.fig5_depth,
+                           figures=not args.no_figures)
+    except Exception as exc:  # a read-only or full disk under --out: one message, no traceback
+        message = user_error_message(exc, "check --out")
+        if message is None:
+            raise
+        parser.exit(USER_ERROR_EXIT, f"{parser.prog}: error: {message}\n")
     counts = defaultdict(int)
     for c in res["claims"]:
         counts[c["verdict"]] += 1

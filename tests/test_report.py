@@ -228,13 +228,32 @@ def test_pool_is_the_exact_moments_of_all_runs():
 
 
 def test_cli_on_an_empty_root_says_not_run(tmp_path, capsys):
-    assert report.main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+    (tmp_path / "empty").mkdir()
+    assert report.main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
                         "--no-figures"]) == 0
     md = (tmp_path / "o" / "report.md").read_text()
     assert "9 not run" in capsys.readouterr().out
-    assert md.count("Not run yet") >= 3 and "does not exist" in md
+    assert md.count("Not run yet") >= 3
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert all(c["verdict"] == "not run" for c in res["claims"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runs", "{tmp}/missing"], "--runs {tmp}/missing does not exist"),
+    (["--runs", "{tmp}/a_file"], "--runs {tmp}/a_file is a file"),
+    (["--runs", "{tmp}/runs", "--out", "{tmp}/a_file"], "--out {tmp}/a_file is a file"),
+    (["--runs", "{tmp}/runs", "--out", "{tmp}/a_file/report"],
+     "{tmp}/a_file/report: Not a directory"),
+])
+def test_cli_refuses_bad_folders_with_one_message(tmp_path, capsys, args, message):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit) as info:
+        report.main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert err.count(message.format(tmp=tmp_path)) == 1, err
+    assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_override_dirname_parsing_and_experiment_inference():
