@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -87,8 +88,10 @@ def build_training_task(cfg: DictConfig, device) -> tuple:
 def stop_on_signals(phase: dict):
     """SIGINT (Ctrl-C), SIGTERM and SIGUSR2 (SLURM's pre-emption warning) stop meta-training at
     the end of the current iteration, after its state is saved; then a handler that was
-    installed before ours (submitit's, which requeues the job) runs. Outside meta-training, or
-    at a second Ctrl-C, it runs at once.
+    installed before ours (submitit's, which requeues the job) runs. Outside meta-training it
+    runs at once. A second Ctrl-C, at any moment after the first (also while the process shuts
+    down), exits at once with no cleanup: every record is whole (atomic writes), the last saved
+    state stays, and the next start removes the temporary file of a write it cut short.
 
     The process never carries on after that: if the previous handler returns (submitit's
     SIGTERM handler only logs "Bypassing signal"), it exits with 128 + signum and no result, so
@@ -99,10 +102,13 @@ def stop_on_signals(phase: dict):
     previous = {}
 
     def handler(signum, frame):
-        again = signum == signal.SIGINT and requested["signal"] == signal.SIGINT
+        if signum == signal.SIGINT and requested["signal"] == signal.SIGINT:
+            _exit_now(signum, frame)
         if requested["signal"] is None or signum == usr2:  # a later SIGTERM never hides USR2
             requested["signal"] = signum
-        if not phase.get("meta_train") or again:
+        if not phase.get("meta_train"):
+            log.warning("stopped by %s outside meta-training: the stage did not finish; run "
+                        "the same command again to redo it", signal.Signals(signum).name)
             _chain(signum, frame)
 
     def _chain(signum, frame):
@@ -124,6 +130,15 @@ def stop_on_signals(phase: dict):
     finally:
         for s in signals:
             signal.signal(s, previous[s])
+        if signals and requested["signal"] is not None:  # exiting: Python's handler would
+            signal.signal(signal.SIGINT, _exit_now)  # print a KeyboardInterrupt traceback
+
+
+def _exit_now(signum, frame):
+    os.write(2, b"stopped at once by a second Ctrl-C; the last saved state is kept: run the "
+                b"same command again to resume\n")
+    os._exit(128 + signum)
+
 
 
 def run(cfg: DictConfig) -> float:
@@ -260,7 +275,9 @@ def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:
     if cfg.stage == "meta_train":
         return {}
     key = task_key(cfg.optimizee)
-    tuning = scan_tuning(cfg.evaluation.tuning_dir)
+    # Only "tuned" rates need the tuning sweep (a damaged cell of it is refused, by name).
+    tuned = "tuned" in cfg.evaluation.baselines.values()
+    tuning = scan_tuning(cfg.evaluation.tuning_dir) if tuned else {}
     table = {}
     for horizon in cfg.horizon.eval_steps:
         table[horizon] = {}
