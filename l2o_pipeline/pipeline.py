@@ -185,7 +185,7 @@ def _run_in(out: Path, cfg: DictConfig) -> float:
     config = config_dict(cfg)
     write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(config))
 
-    from l2o_pipeline.tracking import METRICS_FILE, SUMMARY_FILE, make_writer
+    from l2o_pipeline.tracking import METRICS_FILE, RUN_ID_FILE, SUMMARY_FILE, make_writer
 
     wandb_cfg = dict(config["logger"]["wandb"])
     wandb_cfg.setdefault("tags", [])
@@ -196,10 +196,12 @@ def _run_in(out: Path, cfg: DictConfig) -> float:
         wandb_cfg["name"] = f"{group}/seed={cfg.seed}"
     # Read once, here: metrics.jsonl is cut back to the iteration of the state that is
     # resumed (state.prev.pt when state.pt is unusable; 0 when there is none), so no step is
-    # logged twice. Restarting after both states are unusable moves the metrics aside too.
+    # logged twice. Restarting after both states are unusable moves the metrics aside too,
+    # and the W&B run id: the restarted run is a new W&B run, not steps going backwards.
     resumed, resume_step = None, None
     if cfg.stage in ("meta_train", "both"):
-        resumed = load_training_state(out, discard_with=(METRICS_FILE, SUMMARY_FILE))
+        resumed = load_training_state(out, discard_with=(METRICS_FILE, SUMMARY_FILE,
+                                                         RUN_ID_FILE))
         resume_step = int(resumed["progress"]["iteration"]) if resumed is not None else 0
     writer = make_writer(out, wandb_cfg, config, resume_step=resume_step)
     phase: dict = {}
