@@ -6,10 +6,11 @@ table; where none was recorded, the rates of the official RNNprop code (spec §4
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+
+from l2o_pipeline.records import read_json_record, write_json
 
 # The √2 grid of spec §4: 2^(-k/2) for k = 0..26 (1.0 down to ~1.2e-4).
 LR_GRID = tuple(2.0 ** (-k / 2) for k in range(0, 27))
@@ -65,10 +66,11 @@ def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
     if tuning_dir is None or not Path(tuning_dir).is_dir():
         return best
     for path in sorted(Path(tuning_dir).glob("**/eval/summary.json")):
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # a cell being written right now
+        # Written atomically: an unreadable one is damaged, not being written; refused rather
+        # than skipped, since skipping it could silently change the best rate.
+        summary = read_json_record(path, "a tuning cell's evaluation summary",
+                                   f"rerun that cell with skip_if_done=false, or delete "
+                                   f"{path.parents[1]}")
         name = summary.get("optimizer")
         for horizon, block in summary.get("horizons", {}).items():
             result = block.get(name) if name else None
@@ -89,11 +91,7 @@ def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
 def write_tuned(tuning_dir: str | Path, path: str | Path) -> dict:
     """Record the best rates of a tuning sweep as one JSON table (atomic write)."""
     table = scan_tuning(tuning_dir)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, table, indent=1, sort_keys=True)
     return table
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, clear errors, the config saved inside (nanoGPT's habit).
+"""Checkpoints: clear errors, the config saved inside (nanoGPT's habit).
 
 Two kinds: an *optimizer* checkpoint (meta-parameters + how to rebuild the model + the config +
 the model-selection record) that evaluation and ``LearnedOptimizer`` load, and the full
@@ -8,16 +8,15 @@ the model-selection record) that evaluation and ``LearnedOptimizer`` load, and t
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from l2o_pipeline.errors import UserError
 from l2o_pipeline.optimizers import DMOptimizer, LearnedOptimizer, RNNprop
+from l2o_pipeline.records import save_torch
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +27,6 @@ _CLASSES = {"rnnprop": RNNprop, "dmoptimizer": DMOptimizer}
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, corrupt or for something else."""
-
-
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def load_file(path: str | Path, expected_format: str) -> dict:
@@ -100,7 +86,7 @@ def optimizer_payload(model: LearnedOptimizer, variant: str, config: dict | None
 
 def save_optimizer(path, model: LearnedOptimizer, variant: str, config: dict | None = None,
                    **extra) -> Path:
-    return save_atomic(optimizer_payload(model, variant, config, **extra), path)
+    return save_torch(path, optimizer_payload(model, variant, config, **extra))
 
 
 def load_optimizer(path: str | Path, expected_class: str | None = None,

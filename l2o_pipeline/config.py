@@ -186,6 +186,7 @@ class Config:
     save_memory: bool = False
     skip_if_done: bool = True
     debug_preset: str | None = None
+    lock_timeout_s: float = 0.0
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     optimizee: OptimizeeConfig = field(default_factory=OptimizeeConfig)
     tricks: TricksConfig = field(default_factory=TricksConfig)
@@ -365,6 +366,9 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.threads is not None:
         _positive("threads", cfg.threads, integer=True)
     _one_of("compile", cfg.compile, COMPILE_MODES)
+    if not cfg.lock_timeout_s >= 0:  # also refuses NaN
+        raise ConfigError(f"lock_timeout_s={cfg.lock_timeout_s!r} must be >= 0 (seconds to "
+                          "wait for another process working in the run folder; 0: refuse)")
 
     opt = cfg.optimizer
     _one_of("optimizer.name", opt.name, OPTIMIZERS)

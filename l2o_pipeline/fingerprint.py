@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,6 +20,7 @@ from omegaconf import OmegaConf
 from l2o_pipeline.config import ConfigError
 from l2o_pipeline.data import planned_source
 from l2o_pipeline.optimizers import LEARNED
+from l2o_pipeline.records import write_json
 
 RECORD = "fingerprint.json"
 FORMAT = "l2o_pipeline.fingerprint/v1"
@@ -38,6 +38,7 @@ NOT_SEMANTIC = {
     "compile": "float rounding at most",
     "save_memory": "float rounding at most",
     "skip_if_done": "what to do with a finished folder, not what it computes",
+    "lock_timeout_s": "how long to wait for another process working in the folder",
     "logger": "reporting only",
     "paths": "where the folder is, not what it holds",
     "data": "where the datasets are and whether to download them: the data actually read "
@@ -168,10 +169,7 @@ def write_fingerprint(out: str | Path, semantic: dict) -> Path:
     """Record a folder's semantic config and its fingerprint (atomically)."""
     path = Path(out) / RECORD
     record = {"format": FORMAT, "sha256": fingerprint(semantic), "semantic": semantic}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return write_json(path, record, indent=1, sort_keys=True)
 
 
 def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:

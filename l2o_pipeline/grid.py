@@ -34,6 +34,8 @@ import yaml
 
 from l2o_pipeline.catalog import META_TRAIN_SWEEP, PAPER_GRID, SWEEPS
 from l2o_pipeline.config import cell_name
+from l2o_pipeline.errors import UserError
+from l2o_pipeline.records import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = ROOT / "sweeps"
@@ -83,7 +85,7 @@ def load_protocol(spec: str | Path) -> Protocol:
                         f"{PROTOCOL_DIR / 'paper.yaml'} for the format") from None
 
 
-class GridError(ValueError):
+class GridError(UserError):
     """A bad protocol, archive or sweep name; the message says what would be valid."""
 
 
@@ -393,7 +395,7 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
     logs = archive / "paper" / ".grid_logs"  # console output per cell (not archived)
     logs.mkdir(parents=True, exist_ok=True)
     # The report prints the protocol the archive's cells were run under.
-    (archive / "paper" / "protocol.yaml").write_text(protocol.path.read_text())
+    write_text(archive / "paper" / "protocol.yaml", protocol.path.read_text())
     running: dict[str, tuple[subprocess.Popen, Cell, float]] = {}
     counts = {"finished": 0, "stopped": 0, "failed": 0}
     tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin

@@ -6,7 +6,6 @@ baselines, or both. Everything is written under ``cfg.paths.output_dir``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,13 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
-from l2o_pipeline.checkpoint import (
-    STATE_FORMAT,
-    CheckpointError,
-    load_file,
-    load_optimizer,
-    resolve_checkpoint,
-)
+from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
 from l2o_pipeline.config import (
     ConfigError,
     meta_train_settings,
@@ -34,9 +27,17 @@ from l2o_pipeline.config import (
 )
 from l2o_pipeline.evaluate import DIVERGED_RULE, evaluate
 from l2o_pipeline.fingerprint import check_run_folder, semantic_config, write_fingerprint
-from l2o_pipeline.meta import meta_train
+from l2o_pipeline.meta import load_training_state, meta_train
 from l2o_pipeline.optimizees import build_task
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, build_optimizer, learned
+from l2o_pipeline.records import (
+    lock_run_folder,
+    read_json_record,
+    remove_leftover_tmp,
+    save_torch,
+    write_json,
+    write_text,
+)
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 log = logging.getLogger(__name__)
@@ -82,31 +83,40 @@ def build_training_task(cfg: DictConfig, device) -> tuple:
 
 @contextmanager
 def stop_on_signals(phase: dict):
-    """SIGTERM / SIGUSR2 (SLURM's pre-emption warning) stop meta-training at the end of the
-    current iteration, after its state is saved; then a handler that was installed before ours
-    (submitit's, which requeues the job) runs. Outside meta-training it runs at once.
+    """SIGINT (Ctrl-C), SIGTERM and SIGUSR2 (SLURM's pre-emption warning) stop meta-training at
+    the end of the current iteration, after its state is saved; then a handler that was
+    installed before ours (submitit's, which requeues the job) runs. Outside meta-training it
+    runs at once. A second Ctrl-C, at any moment after the first (also while the process shuts
+    down), exits at once with no cleanup: every record is whole (atomic writes), the last saved
+    state stays, and the next start removes the temporary file of a write it cut short.
 
     The process never carries on after that: if the previous handler returns (submitit's
     SIGTERM handler only logs "Bypassing signal"), it exits with 128 + signum and no result, so
     a job that SLURM requeues (``scontrol requeue``, SIGTERM-only preemption) resumes instead of
-    reporting a NaN success for an unfinished cell."""
+    reporting a NaN success for an unfinished cell. Ctrl-C exits with 130, as shells expect."""
     usr2 = getattr(signal, "SIGUSR2", None)
     requested: dict = {"signal": None}
     previous = {}
 
     def handler(signum, frame):
+        if signum == signal.SIGINT and requested["signal"] == signal.SIGINT:
+            _exit_now(signum, frame)
         if requested["signal"] is None or signum == usr2:  # a later SIGTERM never hides USR2
             requested["signal"] = signum
         if not phase.get("meta_train"):
+            log.warning("stopped by %s outside meta-training: the stage did not finish; run "
+                        "the same command again to redo it", signal.Signals(signum).name)
             _chain(signum, frame)
 
     def _chain(signum, frame):
         prev = previous.get(signum)
-        if callable(prev):
+        # Python's own SIGINT handler would raise KeyboardInterrupt (exit status -2, and a
+        # traceback): exit like the other signals instead.
+        if callable(prev) and prev is not signal.default_int_handler:
             prev(signum, frame)  # submitit's USR2 handler requeues, then exits
         raise SystemExit(128 + signum)
 
-    signals = [signal.SIGTERM] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
+    signals = [signal.SIGINT, signal.SIGTERM] + ([usr2] if usr2 is not None else [])
     try:
         for s in signals:
             previous[s] = signal.signal(s, handler)
@@ -117,21 +127,41 @@ def stop_on_signals(phase: dict):
     finally:
         for s in signals:
             signal.signal(s, previous[s])
+        if signals and requested["signal"] is not None:  # exiting: Python's handler would
+            signal.signal(signal.SIGINT, _exit_now)  # print a KeyboardInterrupt traceback
+
+
+def _exit_now(signum, frame):
+    os.write(2, b"stopped at once by a second Ctrl-C; the last saved state is kept: run the "
+                b"same command again to resume\n")
+    os._exit(128 + signum)
+
 
 
 def run(cfg: DictConfig) -> float:
-    """Run the configured stages; return the headline metric (lower is better)."""
+    """Run the configured stages; return the headline metric (lower is better).
+
+    The run folder is locked while this runs (a second process on it refuses, or waits up to
+    ``lock_timeout_s``); temporary files of writes interrupted in an earlier run are removed.
+    """
     validate_config(cfg)
     out = Path(cfg.paths.output_dir)
     semantic = semantic_config(config_dict(cfg))
-    check_run_folder(out, semantic)  # before anything in the folder is touched
+    with lock_run_folder(out, cfg.lock_timeout_s):
+        check_run_folder(out, semantic)  # before anything in the folder is touched
+        remove_leftover_tmp(out)
+        return _run_in(out, cfg, semantic)
+
+
+def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     done = out / "DONE"
-    record = json.loads(done.read_text()) if cfg.skip_if_done and done.is_file() else None
+    record = (read_json_record(done, "the cell's DONE marker", "delete it to run the cell again")
+              if cfg.skip_if_done and done.is_file() else None)
     skipping = "%s is finished (metric %.6g); skipping. skip_if_done=false to run again"
     if record is not None and cfg.stage != "evaluate":
         if record.get("iterations", 0) >= cfg.meta_train.n_iterations:
-            log.info(skipping, out, record["metric"])
-            return record["metric"]
+            log.info(skipping, out, _metric(record))
+            return _metric(record)
         log.info("%s finished %d iterations; continuing to %d", out, record["iterations"],
                  cfg.meta_train.n_iterations)
     device = resolve_device(cfg.device)
@@ -142,21 +172,20 @@ def run(cfg: DictConfig) -> float:
     if record is not None and cfg.stage == "evaluate":
         changed = _changed_inputs(record.get("inputs"), inputs)
         if not changed:
-            log.info(skipping, out, record["metric"])
-            return record["metric"]
+            log.info(skipping, out, _metric(record))
+            return _metric(record)
         log.info("%s is finished but what it evaluated changed (%s); evaluating again", out,
                  changed)
     done.unlink(missing_ok=True)  # only now: a failed check leaves a finished run finished
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     learned.set_compile(cfg.compile)
     learned.set_memory_saving(cfg.save_memory)
     config = config_dict(cfg)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config))
+    write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_fingerprint(out, semantic)
 
-    from l2o_pipeline.tracking import make_writer
+    from l2o_pipeline.tracking import METRICS_FILE, RUN_ID_FILE, SUMMARY_FILE, make_writer
 
     wandb_cfg = dict(config["logger"]["wandb"])
     wandb_cfg.setdefault("tags", [])
@@ -165,7 +194,15 @@ def run(cfg: DictConfig) -> float:
     if not wandb_cfg.get("name"):
         group = wandb_cfg.get("group") or cfg.optimizer.name
         wandb_cfg["name"] = f"{group}/seed={cfg.seed}"
-    resume_step = _resume_step(out)
+    # Read once, here: metrics.jsonl is cut back to the iteration of the state that is
+    # resumed (state.prev.pt when state.pt is unusable; 0 when there is none), so no step is
+    # logged twice. Restarting after both states are unusable moves the metrics aside too,
+    # and the W&B run id: the restarted run is a new W&B run, not steps going backwards.
+    resumed, resume_step = None, None
+    if cfg.stage in ("meta_train", "both"):
+        resumed = load_training_state(out, discard_with=(METRICS_FILE, SUMMARY_FILE,
+                                                         RUN_ID_FILE))
+        resume_step = int(resumed["progress"]["iteration"]) if resumed is not None else 0
     writer = make_writer(out, wandb_cfg, config, resume_step=resume_step)
     phase: dict = {}
     metric, iterations = math.nan, 0
@@ -173,12 +210,13 @@ def run(cfg: DictConfig) -> float:
         with stop_on_signals(phase) as (requested, chain):
             if cfg.stage in ("meta_train", "both"):
                 phase["meta_train"] = True
-                result = _meta_train_stage(cfg, device, out, config, writer,
+                result = _meta_train_stage(cfg, device, out, config, writer, resumed,
                                            lambda: requested["signal"] is not None)
                 phase["meta_train"] = False
                 if result.interrupted:
-                    log.warning("meta-training stopped by signal %s; state saved in %s",
-                                requested["signal"], out)
+                    log.warning("stopped by %s at iteration %d, its state saved in %s; to "
+                                "resume, %s", signal.Signals(requested["signal"]).name,
+                                result.iterations, out, _resume_hint(out))
                     chain(requested["signal"], None)
                     return math.nan
                 checkpoint = result.best_checkpoint or result.final_checkpoint
@@ -187,12 +225,28 @@ def run(cfg: DictConfig) -> float:
             if cfg.stage in ("evaluate", "both"):
                 metric = _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs)
         writer.summary({"metric": metric})
-        done.write_text(json.dumps({"metric": metric, "finished": time.time(),
-                                    "stage": cfg.stage, "iterations": iterations,
-                                    "inputs": inputs}))
+        write_json(done, {"metric": metric, "finished": time.time(), "stage": cfg.stage,
+                          "iterations": iterations, "inputs": inputs})
     finally:
         writer.close()
     return metric
+
+
+def _metric(record: dict) -> float:
+    """A finished cell's metric; null in its DONE is a non-finite one (strict JSON)."""
+    value = record.get("metric")
+    return math.nan if value is None else float(value)
+
+
+def _resume_hint(out: Path) -> str:
+    """How to continue an interrupted run: the same command, pointed at the same folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return (f"launch the same sweep again with hydra.sweep.dir="
+                f"{HydraConfig.get().sweep.dir}")
+    return f"run the same command again with hydra.run.dir={out}"
 
 
 def _evaluation_inputs(cfg, checkpoint, baseline_lrs) -> dict | None:
@@ -223,7 +277,9 @@ def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:
     if cfg.stage == "meta_train":
         return {}
     key = task_key(cfg.optimizee)
-    tuning = scan_tuning(cfg.evaluation.tuning_dir)
+    # Only "tuned" rates need the tuning sweep (a damaged cell of it is refused, by name).
+    tuned = "tuned" in cfg.evaluation.baselines.values()
+    tuning = scan_tuning(cfg.evaluation.tuning_dir) if tuned else {}
     table = {}
     for horizon in cfg.horizon.eval_steps:
         table[horizon] = {}
@@ -237,17 +293,7 @@ def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:
     return table
 
 
-def _resume_step(out: Path) -> int | None:
-    state = out / "state.pt"
-    if not state.exists():
-        return None
-    try:
-        return int(load_file(state, STATE_FORMAT)["progress"]["iteration"])
-    except Exception:  # a corrupt state is handled (and reported) by meta_train itself
-        return None
-
-
-def _meta_train_stage(cfg, device, out, config, writer, should_stop):
+def _meta_train_stage(cfg, device, out, config, writer, resumed, should_stop):
     torch.manual_seed(cfg.seed)  # meta-parameter init; task sampling has its own generator
     model = build_model(cfg).to(device)
     task, plain = build_training_task(cfg, device)
@@ -257,7 +303,7 @@ def _meta_train_stage(cfg, device, out, config, writer, should_stop):
              opt.name, task.name, task.n_params, settings.n_iterations, out)
     result = meta_train(model, task, settings, out, seed=cfg.seed, variant=opt.name,
                         config=config, writer=writer, validation_task=plain,
-                        should_stop=should_stop)
+                        should_stop=should_stop, resume_from=resumed)
     if not result.interrupted:
         log.info("meta-training done: %d iterations in %.1f s, %d non-finite skips; selected "
                  "iteration %s (%s = %.5g)", result.iterations, result.seconds,
@@ -357,7 +403,7 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
                "optimizer_hparams": payload["hparams"] if name in LEARNED else None,
                "data_source": dataset.source if dataset is not None else None,
                "horizons": {}}
-    headline = math.nan
+    headline, finished = math.nan, []
     for horizon in cfg.horizon.eval_steps:
         optimizers = {name: main}
         lrs = {name: getattr(main, "lr", None)}
@@ -369,30 +415,36 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
         results = evaluate(task, optimizers, horizon, cfg.evaluation.n_runs,
                            seed=cfg.evaluation.seed, final_loss=cfg.evaluation.final_loss)
         seconds = time.perf_counter() - start
-        rows = []
         block = {}
         for opt_name, res in results.items():
             s = res.summary() | {"lr": lrs[opt_name]}
             block[opt_name] = s
-            rows.append([horizon, opt_name, lrs[opt_name], s["final_loss_mean"],
-                         s["final_loss_std"], s["n_diverged"]])
             log.info("%-10s %5d steps: final loss %.5g ± %.3g (%d of %d runs diverged)",
                      opt_name, horizon, s["final_loss_mean"], s["final_loss_std"],
                      s["n_diverged"], s["n_runs"])
         summary["horizons"][str(horizon)] = block | {"_seconds": seconds}
-        torch.save({k: r.curves for k, r in results.items()}, eval_dir / f"curves_{horizon}.pt")
-        png = plot_loss_curves({k: r.curves for k, r in results.items()},
-                               eval_dir / f"loss_curves_{horizon}.png",
-                               f"{task.name}, {horizon} steps, {cfg.evaluation.n_runs} runs")
-        writer.log_image(f"eval/loss_curves_{horizon}", png)
-        writer.log_table(f"eval/final_loss_{horizon}",
-                         ["horizon", "optimizer", "lr", "final_loss_mean", "final_loss_std",
-                          "n_diverged"], rows)
-        writer.summary({f"eval/{horizon}/{k}/final_loss": v["final_loss_mean"]
-                        for k, v in block.items()})
+        curves = {k: r.curves for k, r in results.items()}
+        save_torch(eval_dir / f"curves_{horizon}.pt", curves)
+        finished.append((horizon, block, curves))
         if math.isnan(headline):
             headline = block[name]["final_loss_mean"]
-    tmp = eval_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, eval_dir / "summary.json")
+    # The results first: nothing optional below (plots, W&B) can lose them.
+    write_json(eval_dir / "summary.json", summary, indent=1)
+    for horizon, block, curves in finished:
+        title = f"{task.name}, {horizon} steps, {cfg.evaluation.n_runs} runs"
+        try:
+            png = plot_loss_curves(curves, eval_dir / f"loss_curves_{horizon}.png", title)
+        except Exception as exc:  # a figure is optional; the summary is already written
+            log.warning("could not plot the loss curves at %d steps (%s: %s); the results "
+                        "are in %s", horizon, type(exc).__name__, exc, eval_dir)
+            log.debug("plotting failed", exc_info=True)
+        else:
+            writer.log_image(f"eval/loss_curves_{horizon}", png)
+        writer.log_table(f"eval/final_loss_{horizon}",
+                         ["horizon", "optimizer", "lr", "final_loss_mean", "final_loss_std",
+                          "n_diverged"],
+                         [[horizon, k, v["lr"], v["final_loss_mean"], v["final_loss_std"],
+                           v["n_diverged"]] for k, v in block.items()])
+        writer.summary({f"eval/{horizon}/{k}/final_loss": v["final_loss_mean"]
+                        for k, v in block.items()})
     return headline

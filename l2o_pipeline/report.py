@@ -34,6 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from l2o_pipeline.records import (
+    DISCARDED_DIR,
+    json_safe,
+    read_json_record,
+    write_json,
+    write_text,
+)
 from l2o_pipeline.report_claims import (
     ACTIVATIONS,
     BASE,
@@ -64,7 +71,7 @@ FIGURE_FILES = ("fig2_horizons.png", "fig3_learning_rates.png", "fig4_activation
                 "fig9_control.png", "dm_quadratic.png", "dm_generalisation.png",
                 "meta_training.png")
 MISSING = "—"
-_SKIP_DIRS = {"checkpoints", ".hydra", "wandb", "tables", "__pycache__"}
+_SKIP_DIRS = {"checkpoints", ".hydra", "wandb", "tables", "__pycache__", DISCARDED_DIR}
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -158,8 +165,6 @@ def pool(ms: list[Measurement], root: Path | None = None) -> Stat | None:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_yaml(path: Path):
@@ -330,7 +335,8 @@ class RunIndex:
         sweep = "/".join(rel[:2 if rel[0] == "tune" and len(rel) > 3 else 1]) \
             if len(rel) > 1 else "."
         try:
-            summary = _read_json(path)
+            summary = read_json_record(path, "an evaluation summary",
+                                       "rerun its cell with skip_if_done=false")
             task = _norm_task(str(summary["task"]))
             horizons = summary["horizons"]
             if not isinstance(horizons, dict):
@@ -424,7 +430,8 @@ class RunIndex:
         spath = cell / "summary.json"
         if spath.is_file():
             try:
-                summary = _read_json(spath)
+                summary = read_json_record(spath, "a meta-training summary",
+                                           "rerun its cell to write it again")
             except Exception as exc:
                 self.notes.append(f"skipped {_rel(spath, self.root)}: {exc}")
             if not isinstance(summary, dict):
@@ -1213,20 +1220,6 @@ def render_claims(claims: list[Claim], heading: str, rules: bool = True) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def _clean(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _clean(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _shown(path: Path) -> str:
     """A path as the report shows it: relative to the current folder when inside it."""
     try:
@@ -1324,9 +1317,9 @@ def build_report(runs: str | Path, out: str | Path, title: str = "Reproduction r
         md.append(render_figure(figs["meta"]))
     if idx.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in idx.notes] + [""]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    write_text(out / "report.md", "\n".join(md))
 
-    results = _clean({
+    results = json_safe({
         "title": title, "notes": notes or [], "runs": _shown(idx.root),
         "protocol": protocol, "settings": st, "rules": dict(RULES),
         "claims": [c.to_json() for c in claims],
@@ -1335,9 +1328,7 @@ def build_report(runs: str | Path, out: str | Path, title: str = "Reproduction r
         "figures": {k: f.to_json() for k, f in figs.items()},
         "skipped": idx.notes,
     })
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, out / "results.json")
+    write_json(out / "results.json", results, indent=1)
     return results
 
 

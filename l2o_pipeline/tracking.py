@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -25,6 +24,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from l2o_pipeline.records import json_safe, read_json_record, to_scalar, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -35,47 +36,6 @@ SUMMARY_FILE = "summary.json"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    # tmp + os.replace: a crash (or SLURM preemption) leaves either the old or the new file.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _scalar(value: Any) -> Any:
-    """Python scalar for tensors / numpy scalars; TypeError for anything that is not one."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return float(value)  # np.float64 subclasses float; store the builtin
-    item = getattr(value, "item", None)
-    if callable(item):
-        try:
-            # torch tensors and numpy arrays with exactly one element, numpy scalars
-            return _scalar(item())
-        except (ValueError, RuntimeError, TypeError):
-            pass
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"not a scalar: {type(value).__name__}") from None
-
-
-def _json_safe(value: Any) -> Any:
-    """Recursively make ``value`` strict JSON: scalars converted, NaN/inf -> None."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    value = _scalar(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _plain(obj: Any) -> Any:
@@ -214,7 +174,7 @@ class JsonlWriter(Writer):
                 continue
             kept.append(line)
         if dropped or torn or (text and not text.endswith("\n")):
-            _atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+            write_text(self.path, "".join(ln + "\n" for ln in kept))
             log.info(
                 "Resuming %s after step %s: dropped %d later line(s), %d unreadable",
                 self.path,
@@ -227,7 +187,7 @@ class JsonlWriter(Writer):
         out = {}
         for key, value in values.items():
             try:
-                out[str(key)] = _json_safe(value)
+                out[str(key)] = json_safe(value)
             except TypeError as err:
                 if key not in self._bad_keys:  # warn once per key, not once per step
                     self._bad_keys.add(key)
@@ -235,23 +195,23 @@ class JsonlWriter(Writer):
         return out
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        record = {"step": int(_scalar(step))}
+        record = {"step": int(to_scalar(step))}
         record.update((k, v) for k, v in self._clean(metrics).items() if k != "step")
         self._fh.write(json.dumps(record, allow_nan=False) + "\n")
         self._fh.flush()
 
     def summary(self, values: dict) -> None:
         path = self.dir / SUMMARY_FILE
-        current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        current = read_json_record(path, "the run's summary", "delete it; the run writes it "
+                                   "again") if path.exists() else {}
         current.update(self._clean(values))
-        _atomic_write_text(path, json.dumps(current, indent=2, allow_nan=False) + "\n")
+        write_json(path, current, indent=2)
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
         # Kept as JSON too so that nothing logged to W&B exists only there.
         out = self.dir / "tables" / f"{_artifact_name(name)}.json"
         out.parent.mkdir(exist_ok=True)
-        payload = {"columns": list(columns), "rows": _json_safe([list(r) for r in rows])}
-        _atomic_write_text(out, json.dumps(payload, allow_nan=False) + "\n")
+        write_json(out, {"columns": list(columns), "rows": [list(r) for r in rows]})
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -295,7 +255,7 @@ class WandbWriter(Writer):
         else:
             self.run_id = _new_run_id()
             # Written before init, so a job killed during init still resumes this id.
-            _atomic_write_text(id_file, self.run_id + "\n")
+            write_text(id_file, self.run_id + "\n")
 
         kwargs: dict[str, Any] = dict(
             project=project,
@@ -372,14 +332,14 @@ class WandbWriter(Writer):
         out = {}
         for key, value in values.items():
             try:
-                out[key] = _scalar(value)  # W&B keeps NaN/inf as floats, unlike strict JSON
+                out[key] = to_scalar(value)  # W&B keeps NaN/inf as floats, unlike strict JSON
             except TypeError:
                 out[key] = value  # wandb media / histograms / nested dicts: let wandb decide
         return out
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
-            self.run.log(self._values(metrics), step=int(_scalar(step)))
+            self.run.log(self._values(metrics), step=int(to_scalar(step)))
 
     def summary(self, values: dict) -> None:
         if self.run is not None:

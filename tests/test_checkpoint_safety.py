@@ -95,15 +95,16 @@ def small_settings(n_iterations: int) -> MetaTrainSettings:
 
 
 def test_meta_training_resume_refuses_a_payload_state(tmp_path, caplog):
-    from l2o_pipeline.pipeline import _resume_step
+    from l2o_pipeline.meta import load_training_state
 
     marker = write_payload_checkpoint(tmp_path / "state.pt", tmp_path, fmt=STATE_FORMAT)
-    assert _resume_step(tmp_path) is None  # the W&B/JSONL step to resume at
     with caplog.at_level(logging.WARNING):
+        assert load_training_state(tmp_path) is None  # what the pipeline resumes from
         result = meta_train(RNNprop(), QuadraticTask(dim=4, n_problems=4), small_settings(2),
                             tmp_path, seed=0, progress=False)
     assert not marker.exists()
     assert f"ignoring unusable training state {tmp_path / 'state.pt'}" in caplog.text
+    assert "restarts from iteration 0" in caplog.text  # the payload was moved aside, loudly
     assert result.iterations == 2
 
 

@@ -211,7 +211,7 @@ def final_params(out: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_interrupted_meta_training_resumes_bit_exactly(tmp_path, sig):
     reference = tmp_path / "reference"
     assert cli(*RESUME_ARGS, f"hydra.run.dir={reference}", timeout=600).returncode == 0
@@ -231,8 +231,9 @@ def test_interrupted_meta_training_resumes_bit_exactly(tmp_path, sig):
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)
     assert not (out / "final.pt").exists(), "the run finished before it was interrupted"
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:
         assert "stop requested: state saved" in output  # Hydra logs to stdout
+        assert proc.returncode == 128 + sig
     resumed = cli(*RESUME_ARGS, f"hydra.run.dir={out}", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed meta-training" in resumed.stdout

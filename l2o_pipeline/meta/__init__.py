@@ -5,9 +5,10 @@ from l2o_pipeline.meta.train import (
     SELECTION_RULES,
     MetaTrainResult,
     MetaTrainSettings,
+    load_training_state,
     meta_train,
     truncated_meta_loss,
 )
 
 __all__ = ["META_LOSSES", "SELECTION_RULES", "MetaTrainResult", "MetaTrainSettings",
-           "meta_train", "truncated_meta_loss"]
+           "load_training_state", "meta_train", "truncated_meta_loss"]

@@ -13,30 +13,27 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from l2o_pipeline.checkpoint import (
-    STATE_FORMAT,
-    CheckpointError,
-    load_file,
-    optimizer_payload,
-    save_atomic,
-)
+from l2o_pipeline.checkpoint import STATE_FORMAT, CheckpointError, load_file, optimizer_payload
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers.base import State, detach_state
 from l2o_pipeline.optimizers.learned import LearnedOptimizer
+from l2o_pipeline.records import move_aside, save_torch
 
 log = logging.getLogger(__name__)
 
 META_LOSSES = ("last", "mean", "sum_all")
 SELECTION_RULES = ("ema_train_loss", "validation", "last")
+STATE_FILE, PREV_STATE_FILE = "state.pt", "state.prev.pt"
+# What a meta-training run writes into its folder (moved aside together when it restarts).
+RUN_FILES = (STATE_FILE, PREV_STATE_FILE, "best.pt", "final.pt", "checkpoints")
 
 
 @dataclass
@@ -147,14 +144,15 @@ def meta_train(
     validation_task: Task | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool | None = None,
+    resume_from: dict | None = None,
 ) -> MetaTrainResult:
-    """Meta-train ``model`` on ``task``; resume from ``output_dir/state.pt`` if it exists."""
+    """Meta-train ``model`` on ``task``; resume from ``output_dir``'s training state if it has
+    one (:func:`load_training_state`). ``resume_from``: that state, already read by the caller
+    (the pipeline reads it first to cut its metrics back to the same iteration)."""
     settings.validate()
     if settings.selection == "validation" and validation_task is None:
         raise ValueError("meta_train.selection=validation needs a validation task")
     out = Path(output_dir)
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     variant = variant or model.name
     device = next(model.parameters()).device
     meta_opt = torch.optim.Adam(model.parameters(), lr=settings.meta_lr)
@@ -165,13 +163,15 @@ def meta_train(
     # Everything the loop depends on lives in `progress_state`, so a resume is exact.
     progress_state = {"iteration": 0, "nonfinite_skips": 0, "ema": None, "best_score": math.inf,
                       "best_iteration": None, "losses": [], "elapsed": 0.0}
-    resumed = _load_training_state(out)
+    resumed = load_training_state(out) if resume_from is None else resume_from
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         meta_opt.load_state_dict(resumed["meta_opt"])
         generator.set_state(resumed["generator"])
         progress_state.update(resumed["progress"])
         log.info("resumed meta-training at iteration %d from %s", progress_state["iteration"], out)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     def save_state():
         _save_training_state(out, {
@@ -199,11 +199,11 @@ def meta_train(
         record = {"rule": settings.selection, "score": score, "iteration": iteration,
                   "ema_decay": settings.ema_decay}
         payload = optimizer_payload(model, variant, config, iteration=iteration, selection=record)
-        save_atomic(payload, ckpt_dir / f"iter_{iteration:07d}.pt")
+        save_torch(ckpt_dir / f"iter_{iteration:07d}.pt", payload)
         if score <= progress_state["best_score"] or progress_state["best_iteration"] is None:
             progress_state["best_score"], progress_state["best_iteration"] = score, iteration
             payload["selection"] = {**record, "chosen": True}
-            save_atomic(payload, out / "best.pt")
+            save_torch(out / "best.pt", payload)
         if writer is not None:
             writer.log({"meta/selection_score": score}, step=iteration)
 
@@ -262,16 +262,15 @@ def meta_train(
         if should_stop() and it < settings.n_iterations:
             save_state()
             interrupted = True
-            log.warning("stop requested: state saved at iteration %d in %s", it, out)
+            log.info("stop requested: state saved at iteration %d in %s", it, out)
             break
     if bar is not None:
         bar.close()
 
     final = None
     if not interrupted:
-        final = save_atomic(optimizer_payload(model, variant, config,
-                                              iteration=progress_state["iteration"]),
-                            out / "final.pt")
+        final = save_torch(out / "final.pt", optimizer_payload(
+            model, variant, config, iteration=progress_state["iteration"]))
     best = out / "best.pt"
     return MetaTrainResult(
         iterations=progress_state["iteration"],
@@ -297,20 +296,40 @@ def _progress_bar(total: int, initial: int, enabled: bool | None):
 
 
 def _save_training_state(out: Path, obj: dict) -> None:
-    """Keep the previous good state beside the new one: a corrupt file falls back to it."""
-    path, prev = out / "state.pt", out / "state.prev.pt"
+    """Keep the previous good state beside the new one: a corrupt file falls back to it. A
+    rename, not a copy: at every moment one of the two is a whole state, and a full disk
+    costs no second copy."""
+    path = out / STATE_FILE
     if path.exists():
-        shutil.copyfile(path, prev)
-    save_atomic(obj, path)
+        path.replace(out / PREV_STATE_FILE)
+    save_torch(path, obj)
 
 
-def _load_training_state(out: Path) -> dict | None:
-    for name in ("state.pt", "state.prev.pt"):
+def load_training_state(out: str | Path, discard_with: Iterable[str] = ()) -> dict | None:
+    """The newest usable training state in ``out`` (``state.pt``, else ``state.prev.pt``), or
+    None: meta-training then starts at iteration 0.
+
+    When state files exist but none can be read, they, everything meta-training made with them
+    (``RUN_FILES``) and the files named in ``discard_with`` (the run's metrics) are moved into
+    ``out/discarded/<time>/``, never deleted, and a warning says that training restarts."""
+    out = Path(out)
+    unusable = []
+    for name in (STATE_FILE, PREV_STATE_FILE):
         path = out / name
         if not path.exists():
             continue
         try:
-            return load_file(path, STATE_FORMAT)
+            state = load_file(path, STATE_FORMAT)
         except CheckpointError as exc:
             log.warning("ignoring unusable training state %s: %s", path, exc)
+            unusable.append(path)
+            continue
+        if unusable:
+            log.warning("resuming from the previous training state %s (iteration %d)", path,
+                        state["progress"]["iteration"])
+        return state
+    if unusable:
+        moved = move_aside(out, [*RUN_FILES, *discard_with])
+        log.warning("both training states in %s are unusable: meta-training restarts from "
+                    "iteration 0; the old run's files are kept in %s", out, moved)
     return None
