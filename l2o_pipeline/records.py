@@ -115,7 +115,7 @@ def write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
         raise RecordWriteError(
             exc.errno, f"could not write {path} ({what}{exc.strerror or exc}); the previous "
             "version, if any, is intact. Free space or fix the folder, then run the same "
-            "command again", str(path)) from exc
+            "command again") from exc  # the path is in the message: not repeated after it
     except BaseException:  # interrupted (SIGINT, SystemExit from a signal): no leftover
         tmp.unlink(missing_ok=True)
         raise
