@@ -147,8 +147,9 @@ def run(cfg: DictConfig) -> float:
     validate_config(cfg)
     out = Path(cfg.paths.output_dir)
     semantic = semantic_config(config_dict(cfg))
+    check_run_folder(out, semantic)  # another config's folder is refused before it is touched
     with lock_run_folder(out, cfg.lock_timeout_s):
-        check_run_folder(out, semantic)  # before anything in the folder is touched
+        check_run_folder(out, semantic)  # again: a process that held the lock may have begun it
         remove_leftover_tmp(out)
         return _run_in(out, cfg, semantic)
 

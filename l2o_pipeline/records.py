@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from l2o_pipeline.errors import UserError
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
@@ -38,7 +40,7 @@ DISCARDED_DIR = "discarded"
 _TMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record that cannot be read (empty, torn, not JSON); the message names the file, what
     it is and what to do."""
 
@@ -48,7 +50,7 @@ class RecordWriteError(OSError):
     file. The previous version of the record, if any, is intact."""
 
 
-class RunLockedError(ValueError):
+class RunLockedError(UserError):
     """Another process works in the run folder."""
 
 

@@ -80,7 +80,7 @@ def test_status_counts_finished_cells_and_waits(tmp_path):
         (c.folder / "DONE").write_text(json.dumps({"inputs": {"n_runs": c.n_runs}}))
     cells = grid.collect(archive, protocol, ["table2"])
     assert [c.state for c in cells["tune_activations"]] == ["done", "done"]
-    assert "meta_train/experiment=rnnprop" in cells["table2"][0].detail
+    assert "experiment=rnnprop/seed_0 (0/2 iterations)" in cells["table2"][0].detail
     text = "\n".join(grid.status_lines(cells, protocol))
     assert "tune_activations" in text and "2/2" in text and "0/2 iterations" in text
 
