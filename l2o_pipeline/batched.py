@@ -201,7 +201,7 @@ def plan_chunks(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n
                          run_bytes)
     per_chunk = max(1, int((budget - run_bytes) // row_bytes))
     if per_chunk == 1 and row_bytes + run_bytes > budget:
-        log.warning("one evaluation row needs ~%.2f GB, over evaluation.memory_budget_gb=%g; "
+        log.warning("one evaluation row needs ~%.3g GB, over evaluation.memory_budget_gb=%g; "
                     "running one row at a time", (row_bytes + run_bytes) / 1e9,
                     memory_budget_gb)
     return ChunkPlan(n_settings, n_runs, per_chunk, 1, row_bytes, run_bytes)
@@ -252,7 +252,7 @@ def evaluate_batched(task: Task, optimizers: Mapping[str, Optimizer], n_steps: i
     check_evaluation_args(optimizers, n_steps, n_runs, final_loss)
     plan = plan_chunks(task, optimizers, n_steps, n_runs, seed, memory_budget_gb)
     log.info("batched evaluation: %d settings × %d runs × %d steps in %d chunk(s) of up to "
-             "%d × %d rows, ~%.2f GB each (budget %g GB)", plan.n_settings, n_runs, n_steps,
+             "%d × %d rows, ~%.3g GB each (budget %g GB)", plan.n_settings, n_runs, n_steps,
              plan.n_chunks, plan.settings_per_chunk, plan.runs_per_chunk,
              plan.bytes_per_chunk / 1e9, memory_budget_gb)
     settings = _settings(optimizers)

@@ -21,6 +21,7 @@ from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
 from l2o_pipeline.optimizers.learned import COMPILE_MODES, INIT_SCHEMES
 
 STAGES = ("meta_train", "evaluate", "both")
+EVALUATION_ENGINES = ("batched", "sequential")
 DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
 
 
@@ -136,6 +137,8 @@ class EvaluationConfig:
     produced_by: str | None = None
     seed: int = 1000
     tuning_dir: str | None = None
+    engine: str = "batched"
+    memory_budget_gb: float = 4.0
 
 
 @dataclass
@@ -313,6 +316,8 @@ def validate_config(cfg: DictConfig) -> None:
     ev = cfg.evaluation
     _positive("evaluation.n_runs", ev.n_runs, integer=True)
     _one_of("evaluation.final_loss", ev.final_loss, FINAL_LOSS_RULES)
+    _one_of("evaluation.engine", ev.engine, EVALUATION_ENGINES)
+    _positive("evaluation.memory_budget_gb", ev.memory_budget_gb)
     if ev.checkpoint_iteration is not None:
         _positive("evaluation.checkpoint_iteration", ev.checkpoint_iteration, integer=True)
     for name, lr in ev.baselines.items():

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
+from l2o_pipeline.batched import evaluate_batched
 from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
 from l2o_pipeline.config import ConfigError, meta_train_settings, validate_config
 from l2o_pipeline.evaluate import evaluate
@@ -301,6 +302,16 @@ def _family(name: str) -> str:
     return "dmoptimizer" if name.startswith("dmoptimizer") else name
 
 
+def _run_evaluation(cfg, task, optimizers, horizon):
+    """The configured engine's paired evaluation (``evaluation.engine``)."""
+    ev = cfg.evaluation
+    if ev.engine == "sequential":
+        return evaluate(task, optimizers, horizon, ev.n_runs, seed=ev.seed,
+                        final_loss=ev.final_loss)
+    return evaluate_batched(task, optimizers, horizon, ev.n_runs, seed=ev.seed,
+                            final_loss=ev.final_loss, memory_budget_gb=ev.memory_budget_gb)
+
+
 def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float:
     from l2o_pipeline.plots import plot_loss_curves
 
@@ -325,6 +336,7 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
                "final_loss": cfg.evaluation.final_loss, "optimizer": name,
                "experiment": _choice("experiment"), "seed": cfg.seed,
                "evaluation_seed": cfg.evaluation.seed,
+               "engine": cfg.evaluation.engine,
                "checkpoint": str(checkpoint) if checkpoint else None,
                "checkpoint_iteration": payload.get("iteration") if name in LEARNED else None,
                "data_source": dataset.source if dataset is not None else None,
@@ -338,13 +350,13 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
             lrs[base] = value
             log.info("baseline %s lr=%.6g (%s) at %d steps", base, value, source, horizon)
         start = time.perf_counter()
-        results = evaluate(task, optimizers, horizon, cfg.evaluation.n_runs,
-                           seed=cfg.evaluation.seed, final_loss=cfg.evaluation.final_loss)
+        results = _run_evaluation(cfg, task, optimizers, horizon)
         seconds = time.perf_counter() - start
         rows = []
         block = {}
         for opt_name, res in results.items():
-            s = res.summary() | {"lr": lrs[opt_name]}
+            s = res.summary() | {"lr": lrs[opt_name],
+                                 "final_losses": res.final_losses.tolist()}
             block[opt_name] = s
             rows.append([horizon, opt_name, lrs[opt_name], s["final_loss_mean"],
                          s["final_loss_std"], s["n_diverged"]])
