@@ -21,6 +21,13 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   kernels under ``torch.compile``; ``compile_s`` is the extra time of the first iteration.
 - ``meta_train/rnnprop/save_memory`` (unless ``--quick``): ``learned.set_memory_saving(True)``,
   the gates recomputed in the backward instead of stored.
+- ``evaluate/{adam,rnnprop}/batched``: ``batched.evaluate_batched`` of one optimizer over
+  ``--runs`` paired runs (default 100) of 100 steps, final-loss pass included; ``tune/adam``:
+  the whole 27-rate √2 grid of Adam over the same runs in one call. Their
+  ``*/sequential`` twins time ``evaluate.evaluate`` (one run at a time) over
+  ``--sequential-runs`` of the runs (default: all; its cost is linear in the runs), and the
+  batched rows carry ``speedup_vs_sequential`` (ratio of ms per optimizee step of one run,
+  which is what ``ms_per_step`` means in these rows), ``chunks`` and ``memory_budget_gb``.
 - ``bound/rnnprop/{meta_train,apply}``: an upper bound on this machine, the GEMMs and
   transcendental passes that an RNNprop step cannot avoid, on preallocated buffers
   (:func:`measure_bound`); ``real_fraction_of_bound`` = bound time / the real row's time.
@@ -197,6 +204,54 @@ def measure_apply(args, family, variant):
     return _result(args, per_run, base_rss, n_coords=task.n_params)
 
 
+def measure_evaluate(args, family, variant, kind="evaluate"):
+    """A whole paired evaluation (or the Adam rate grid), batched or one run at a time."""
+    torch, dataset = _setup(args)
+    from l2o_pipeline.baselines import LR_GRID
+    from l2o_pipeline.batched import evaluate_batched, plan_chunks
+    from l2o_pipeline.evaluate import evaluate
+    from l2o_pipeline.optimizers import HAND_DESIGNED
+
+    task = _mlp_task(dataset)
+    if family == "adam":
+        rates = LR_GRID if kind == "tune" else (2**-5,)
+        opts = {f"adam@{lr:.6g}": HAND_DESIGNED["adam"](lr=lr) for lr in rates}
+    else:
+        opts = {family: _build_model(torch, family, args.device).requires_grad_(False)}
+    sequential = variant == "sequential"
+    runs = min(args.sequential_runs or args.runs, args.runs) if sequential else args.runs
+    base_rss = _rss_mb()
+
+    cpu_seconds = []
+
+    def one(n_runs, n_steps):
+        _sync(torch, args.device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        if sequential:
+            evaluate(task, opts, n_steps, n_runs)
+        else:
+            evaluate_batched(task, opts, n_steps, n_runs,
+                             memory_budget_gb=args.memory_budget_gb)
+        _sync(torch, args.device)
+        cpu_seconds.append(time.process_time() - cpu_start)
+        return time.perf_counter() - start
+
+    one(2, 2)  # warm-up: lazy initialisation, kernels, allocator
+    # durations per 100 steps of one run of one setting, as _result expects per-run times
+    rows = len(opts) * runs
+    durations = [one(2, 2)] + [one(runs, N_STEPS) / rows for _ in range(args.repeats)]
+    extra = {"n_runs": runs, "n_settings": len(opts), "n_coords": task.n_params,
+             # CPU time of all threads per step of one run: steadier than wall time when
+             # other processes share the cores
+             "cpu_ms_per_step": round(1e3 * statistics.median(cpu_seconds[2:]) /
+                                      (rows * N_STEPS), 3)}
+    if not sequential:
+        plan = plan_chunks(task, opts, N_STEPS, runs, memory_budget_gb=args.memory_budget_gb)
+        extra |= {"chunks": plan.n_chunks, "memory_budget_gb": args.memory_budget_gb,
+                  "estimated_chunk_gb": round(plan.bytes_per_chunk / 1e9, 3)}
+    return _result(args, durations, base_rss, **extra)
+
+
 def measure_bound(args, family, phase):
     """An upper bound on steps/s: only the work a step of ``family`` cannot avoid, on buffers
     allocated once. Per LSTM layer, the gate GEMM [n, in+H]·[in+H, 4H] and the sigmoids over
@@ -279,8 +334,13 @@ def worker(args):
     kind, family, *rest = args.name.split("/")
     variant = rest[0] if rest else "fast"
     load = os.getloadavg()[0]
-    fn = {"meta_train": measure_meta_train, "apply": measure_apply, "bound": measure_bound}[kind]
-    result = fn(args, family, variant)
+    if kind in ("evaluate", "tune"):
+        variant = "sequential" if variant == "sequential" else "batched"
+        result = measure_evaluate(args, family, variant, kind)
+    else:
+        fn = {"meta_train": measure_meta_train, "apply": measure_apply,
+              "bound": measure_bound}[kind]
+        result = fn(args, family, variant)
     result = {"name": args.name, "device": args.device, "compile": args.compile_mode,
               **result, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "load_avg": round(load, 2)}
@@ -302,6 +362,9 @@ def measurements(quick: bool, compile_mode: str) -> list[tuple[str, str]]:
     if not quick:
         rows.append(("meta_train/rnnprop/save_memory", fast))
     rows += [("bound/rnnprop/meta_train", "false"), ("bound/rnnprop/apply", "false")]
+    for name in ("evaluate/adam", "evaluate/rnnprop", "tune/adam"):  # sequential first
+        batched = name if name.startswith("tune/") else f"{name}/batched"
+        rows += [(f"{name}/sequential", "false"), (batched, fast)]
     if not quick and compile_mode == "both":
         rows += [("meta_train/rnnprop/compiled", "true"), ("apply/rnnprop/compiled", "true")]
     return rows
@@ -322,6 +385,12 @@ def main(argv=None):
     parser.add_argument("--omp-passive", action="store_true",
                         help="run the measurements with OMP_WAIT_POLICY=PASSIVE (idle OpenMP "
                              "threads sleep instead of spinning: far faster on a loaded host)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="paired runs of the evaluate/tune rows (default 100; --quick: 10)")
+    parser.add_argument("--sequential-runs", type=int, default=0,
+                        help="runs that the */sequential rows time (default: --runs)")
+    parser.add_argument("--memory-budget-gb", type=float, default=4.0,
+                        help="the batched engine's evaluation.memory_budget_gb")
     parser.add_argument("--worker", dest="name", help=argparse.SUPPRESS)
     parser.add_argument("--compile-mode", default="false", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -338,6 +407,7 @@ def main(argv=None):
         print(f"note: load average {load:.1f} on {cpus} CPUs; OpenMP's spinning threads make "
               "multi-threaded timings erratic on a busy host (up to 10x): consider "
               "--omp-passive or --threads 1", file=sys.stderr)
+    args.runs = args.runs or (10 if args.quick else 100)
     rows = measurements(args.quick, args.compile)
     if args.only:
         prefixes = args.only.split(",")
@@ -345,10 +415,13 @@ def main(argv=None):
     results = {}
     for name, mode in rows:
         repeats = args.repeats or ((2 if args.quick else 5) if name.startswith("meta_train")
+                                   else 1 if name.startswith(("evaluate/", "tune/"))
                                    else (3 if args.quick else 10))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
                "--device", args.device, "--threads", str(args.threads),
-               "--repeats", str(repeats), "--compile-mode", mode]
+               "--repeats", str(repeats), "--compile-mode", mode, "--runs", str(args.runs),
+               "--sequential-runs", str(args.sequential_runs),
+               "--memory-budget-gb", str(args.memory_budget_gb)]
         env = dict(os.environ, **({"OMP_WAIT_POLICY": "PASSIVE"} if args.omp_passive else {}))
         # this checkout's package, installed or not (the worker runs as a script in bench/)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -367,9 +440,19 @@ def main(argv=None):
 
 
 def _annotate(results: dict, name: str) -> None:
-    """speedup_vs_reference and cost_vs_adam, from rows already measured."""
+    """speedup_vs_reference, speedup_vs_sequential and cost_vs_adam, from rows already
+    measured."""
     result = results[name]
-    if name.endswith("/reference") or name == "apply/adam":
+    if name.endswith(("/reference", "/sequential")) or name == "apply/adam":
+        return
+    if name.startswith(("evaluate/", "tune/")):
+        seq = results.get(f"{name.removesuffix('/batched')}/sequential")
+        if seq is not None:
+            result["sequential_ms_per_step"] = seq["ms_per_step"]
+            result["speedup_vs_sequential"] = round(seq["ms_per_step"] / result["ms_per_step"],
+                                                    2)
+            result["cpu_speedup_vs_sequential"] = round(
+                seq["cpu_ms_per_step"] / result["cpu_ms_per_step"], 2)
         return
     if name.startswith("bound/"):  # how far the real row <phase>/<family> is from it
         _, family, phase = name.split("/")

@@ -1,7 +1,8 @@
 """Tuned learning rates of the hand-designed baselines, per task and horizon.
 
-A tuning sweep (``sweeps/tune_baselines.yaml``) records the best rate of the √2 grid in a JSON
-table; where none was recorded, the rates of the official RNNprop code (spec §4) are used.
+A tuning sweep (``sweeps/tune_*.yaml``, ``stage=tune``) records the best rate of the √2 grid
+per cell (``l2o_pipeline.tuning``); where none was recorded, the rates of the official RNNprop
+code (spec §4) are used.
 """
 
 from __future__ import annotations
@@ -56,13 +57,28 @@ def task_key(optimizee: Mapping) -> str:
 
 
 def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
-    """Best learning rate per ``task@horizon`` and optimizer over a tuning sweep's cells.
+    """Best learning rate per ``task@horizon`` and optimizer below a tuning sweep's folder.
 
-    Every tuning cell is an ``evaluate`` run of one hand-designed optimizer at one rate; its
-    ``eval/summary.json`` holds the final loss per horizon. Reading the cells (rather than a
-    table that each cell appends to) keeps concurrent SLURM jobs from racing on one file.
+    A tuning cell (``stage=tune``) names its tuned rate per horizon in its record,
+    ``tune/summary.json`` (``l2o_pipeline.tuning``). Older cells, one ``stage=evaluate`` run of
+    one optimizer at one rate each, are read too: their best rate by mean final loss. Where
+    both exist, the lower loss wins. Reading the cells (rather than a table that each cell
+    appends to) keeps concurrent SLURM jobs from racing on one file.
     """
+    from l2o_pipeline.tuning import rate_loss, read_tuning_records
+
     best: dict[str, dict[str, dict]] = {}
+
+    def offer(key: str, name: str, lr: float, loss: float, cell: Path, protocol: str) -> None:
+        entry = best.setdefault(key, {}).get(name)
+        if entry is None or loss < entry["loss"]:
+            best[key][name] = {"lr": lr, "loss": loss, "cell": str(cell), "protocol": protocol}
+
+    for cell, record in read_tuning_records(tuning_dir):
+        for horizon, block in record.get("horizons", {}).items():
+            tuned = next(r for r in block["table"] if r["lr"] == block["tuned_lr"])
+            offer(f"{record['task']}@{horizon}", record["optimizer"], block["tuned_lr"],
+                  rate_loss(tuned), cell, record.get("protocol", "full"))
     if tuning_dir is None or not Path(tuning_dir).is_dir():
         return best
     for path in sorted(Path(tuning_dir).glob("**/eval/summary.json")):
@@ -76,15 +92,8 @@ def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
             result = block.get(name) if name else None
             if not result or result.get("lr") is None:
                 continue
-            loss = result["final_loss_mean"]
-            # A rate at which any run diverged has no finite mean over all its runs (the
-            # summary's mean leaves those runs out): it is never the tuned rate.
-            if loss is None or not math.isfinite(loss) or result.get("n_diverged"):
-                loss = math.inf
-            key = f"{summary['task']}@{horizon}"
-            entry = best.setdefault(key, {}).get(name)
-            if entry is None or loss < entry["loss"]:
-                best[key][name] = {"lr": result["lr"], "loss": loss, "cell": str(path.parents[1])}
+            offer(f"{summary['task']}@{horizon}", name, result["lr"], rate_loss(result),
+                  path.parents[1], "one cell per rate")
     return best
 
 
@@ -104,11 +113,12 @@ def resolve_lr(optimizer: str, lr, key: str, horizon: int, tuning_dir=None,
     tuning = scan_tuning(tuning_dir) if tuning is None else tuning
     entry = tuning.get(full, {}).get(optimizer)
     if entry is not None and math.isfinite(entry["loss"]):
-        return float(entry["lr"]), f"tuned in {entry['cell']}"
+        return float(entry["lr"]), f"tuned in {entry['cell']} ({entry['protocol']})"
     paper = PAPER_TUNED_LRS.get(full.replace("synthetic-", ""), {}).get(optimizer)
     if paper is not None:
         return paper, "official code"
     raise ValueError(
         f"evaluation.baselines.{optimizer}=tuned: no tuned learning rate for task {full!r}. "
-        f"Run the tuning sweep first (l2o --config-dir sweeps --config-name tune_baselines "
-        f"optimizee=...), or give a number, e.g. evaluation.baselines.{optimizer}=0.01")
+        f"Run its tuning sweep first (one of sweeps/tune_*.yaml, e.g. l2o --config-dir sweeps "
+        f"--config-name tune_activations), or give a number, e.g. "
+        f"evaluation.baselines.{optimizer}=0.01")

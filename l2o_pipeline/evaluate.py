@@ -87,10 +87,8 @@ def run_optimizer(task: Task, optimizer: Optimizer, theta0: torch.Tensor, batch_
     return curve.cpu(), total.item()
 
 
-def evaluate(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_runs: int,
-             seed: int = 0, final_loss: str = "average_over_seen",
-             progress: Callable[[str, int], None] | None = None) -> dict[str, EvalResult]:
-    """Paired comparison of ``optimizers`` on ``task`` over ``n_runs`` runs of ``n_steps``."""
+def check_evaluation_args(optimizers: Mapping, n_steps: int, n_runs: int,
+                          final_loss: str) -> None:
     if n_steps <= 0 or n_runs <= 0:
         raise ValueError(f"evaluation needs positive steps and runs, got steps={n_steps}, "
                          f"runs={n_runs}")
@@ -98,6 +96,15 @@ def evaluate(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_ru
         raise ValueError(f"unknown final_loss rule {final_loss!r}; valid: {FINAL_LOSS_RULES}")
     if not optimizers:
         raise ValueError("evaluate needs at least one optimizer")
+
+
+def evaluate(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_runs: int,
+             seed: int = 0, final_loss: str = "average_over_seen",
+             progress: Callable[[str, int], None] | None = None) -> dict[str, EvalResult]:
+    """Paired comparison of ``optimizers`` on ``task`` over ``n_runs`` runs of ``n_steps``.
+
+    One run and one optimizer at a time: the reference for ``batched.evaluate_batched``."""
+    check_evaluation_args(optimizers, n_steps, n_runs, final_loss)
     curves = {name: torch.empty(n_runs, n_steps) for name in optimizers}
     finals = {name: torch.empty(n_runs) for name in optimizers}
     for run in range(n_runs):

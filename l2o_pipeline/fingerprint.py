@@ -39,6 +39,8 @@ NOT_SEMANTIC = {
     "save_memory": "float rounding at most",
     "skip_if_done": "what to do with a finished folder, not what it computes",
     "lock_timeout_s": "how long to wait for another process working in the folder",
+    "evaluation.engine": "batched and sequential evaluation agree (float64: to 1e-12)",
+    "evaluation.memory_budget_gb": "how the batched evaluation is chunked, not what it computes",
     "logger": "reporting only",
     "paths": "where the folder is, not what it holds",
     "data": "where the datasets are and whether to download them: the data actually read "
@@ -51,10 +53,12 @@ NOT_SEMANTIC = {
 NOT_READ_BY_STAGE = {
     "meta_train": {
         "evaluation": "meta-training never evaluates (its validation has its own keys)",
+        "tuning": "the tuning stage's settings",
         "horizon.eval_steps": "evaluation horizons",
     },
     "evaluate": {
         "meta_train": "evaluation never meta-trains",
+        "tuning": "the tuning stage's settings",
         "tricks": "the tricks shape meta-training's task only",
         "horizon.steps_per_run": "meta-training's run length",
         "horizon.unroll": "meta-training's truncation",
@@ -67,6 +71,20 @@ NOT_READ_BY_STAGE = {
         "horizon.eval_steps": "a DONE input",
     },
     "both": {},
+    "tune": {
+        "meta_train": "tuning never meta-trains",
+        "tricks": "the tricks shape meta-training's task only",
+        "horizon.steps_per_run": "meta-training's run length",
+        "horizon.unroll": "meta-training's truncation",
+        # DONE records what a finished tuning ran (pipeline._tuning_inputs): a change tunes
+        # the folder again in place.
+        "evaluation.n_runs": "a DONE input",
+        "horizon.eval_steps": "a DONE input",
+        "tuning": "a DONE input (the rate grid and protocol)",
+        "evaluation.baselines": "a tuning cell compares no baselines",
+        "evaluation.checkpoint": "a tuning cell evaluates no learned optimizer",
+        "evaluation.checkpoint_iteration": "a tuning cell evaluates no learned optimizer",
+    },
 }
 
 

@@ -134,7 +134,11 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
     from hydra._internal.config_loader_impl import get_overrides_dirname
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from l2o_pipeline.baselines import LR_GRID
+
     cfg = _compose_sweep(name, archive)
+    stage = SWEEPS[name].stage
     hydra_cfg = cfg.hydra
     params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.params or {}).items()]
     extra = protocol.overrides + protocol.sweeps.get(name, [])
@@ -161,9 +165,11 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
                                       or _experiment_optimizee(cell.experiment)
                                       or cfg.optimizee.name)
         cell.extra["eval_steps"] = _eval_steps(values, cfg)
-        cell.extra["n_optimizers"] = 1 + sum(
-            v is not None for k, v in cfg.evaluation.baselines.items()
-            if k != values.get("optimizer", cfg.optimizer.name))
+        # what one cell evaluates side by side: the rate grid of a tuning cell, else the
+        # optimizer and its baselines
+        cell.extra["n_optimizers"] = len(cfg.tuning.lrs or LR_GRID) if stage == "tune" else (
+            1 + sum(v is not None for k, v in cfg.evaluation.baselines.items()
+                    if k != values.get("optimizer", cfg.optimizer.name)))
         cell.extra["checkpoint_iteration"] = values.get("evaluation.checkpoint_iteration")
         cells.append(cell)
     return cells
@@ -233,7 +239,9 @@ def _family(optimizee: str) -> str:
 
 
 def _eval_seconds(folder: Path) -> float | None:
-    summary = _read_json(folder / "eval" / "summary.json")
+    """Seconds a finished evaluation or tuning cell took, from its own record."""
+    summary = _read_json(folder / "eval" / "summary.json") or _read_json(
+        folder / "tune" / "summary.json")
     if summary is None:
         return None
     seconds = [h.get("_seconds") for h in (summary.get("horizons") or {}).values()]
@@ -275,10 +283,10 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
             steps = c.n_runs * sum(c.extra["eval_steps"])
             if rates:
                 c.estimate_s = rates[len(rates) // 2] * steps * c.extra["n_optimizers"]
+            elif SWEEPS[name].stage == "tune":  # the rate grid batched: ~10x cheaper a rate
+                c.estimate_s = steps * hand / 10 * c.extra["n_optimizers"]
             else:
-                learned_share = 0 if SWEEPS[name].stage == "tune" else 1
-                c.estimate_s = steps * (learned * learned_share + hand * (
-                    c.extra["n_optimizers"] - learned_share))
+                c.estimate_s = steps * (learned + hand * (c.extra["n_optimizers"] - 1))
             waiting = _waiting_for(c, cells_by_sweep, meta)
             if waiting:
                 c.state, c.detail = "blocked", waiting

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
+from l2o_pipeline.batched import evaluate_batched
 from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
 from l2o_pipeline.config import (
     ConfigError,
@@ -159,7 +160,7 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     record = (read_json_record(done, "the cell's DONE marker", "delete it to run the cell again")
               if cfg.skip_if_done and done.is_file() else None)
     skipping = "%s is finished (metric %.6g); skipping. skip_if_done=false to run again"
-    if record is not None and cfg.stage != "evaluate":
+    if record is not None and cfg.stage in ("meta_train", "both"):
         if record.get("iterations", 0) >= cfg.meta_train.n_iterations:
             log.info(skipping, out, _metric(record))
             return _metric(record)
@@ -170,7 +171,7 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     baseline_lrs = _resolve_baselines(cfg)
     checkpoint = _resolve_eval_checkpoint(cfg)
     inputs = _evaluation_inputs(cfg, checkpoint, baseline_lrs)
-    if record is not None and cfg.stage == "evaluate":
+    if record is not None and cfg.stage in ("evaluate", "tune"):
         changed = _changed_inputs(record.get("inputs"), inputs)
         if not changed:
             log.info(skipping, out, _metric(record))
@@ -223,6 +224,8 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
                 checkpoint = result.best_checkpoint or result.final_checkpoint
                 metric = result.selection["best_score"]
                 iterations = result.iterations
+            if cfg.stage == "tune":
+                metric = _tune_stage(cfg, device, out, writer)
             if cfg.stage in ("evaluate", "both"):
                 metric = _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs)
         writer.summary({"metric": metric})
@@ -254,6 +257,8 @@ def _evaluation_inputs(cfg, checkpoint, baseline_lrs) -> dict | None:
     """What a stage=evaluate result depends on beyond its cell's name, kept in DONE: the
     evaluated checkpoint (its meta-training may have continued since), the baselines' rates
     ("tuned" ones change when tuning is rerun) and the run count (not part of the name)."""
+    if cfg.stage == "tune":
+        return _tuning_inputs(cfg)
     if cfg.stage != "evaluate":
         return None
     payload = checkpoint[1] if checkpoint is not None else {}
@@ -263,6 +268,50 @@ def _evaluation_inputs(cfg, checkpoint, baseline_lrs) -> dict | None:
             "eval_steps": list(cfg.horizon.eval_steps),
             "baselines": {str(h): {b: lr for b, (lr, _) in lrs.items()}
                           for h, lrs in baseline_lrs.items()}}
+
+
+def _tuning_inputs(cfg) -> dict:
+    """What a tuning cell's record depends on beyond its name, kept in DONE."""
+    return {"n_runs": cfg.evaluation.n_runs, "eval_steps": list(cfg.horizon.eval_steps),
+            "evaluation_seed": cfg.evaluation.seed, "final_loss": cfg.evaluation.final_loss,
+            "tuning": OmegaConf.to_container(cfg.tuning, resolve=True)}
+
+
+def _tune_stage(cfg, device, out, writer) -> float:
+    """stage=tune: the whole rate grid of one hand-designed optimizer on the task per horizon,
+    batched; the record in tune/summary.json. Returns the tuned loss at the first horizon."""
+    from l2o_pipeline.baselines import LR_GRID
+    from l2o_pipeline.tuning import tune_learning_rate, write_record
+
+    ev, tu = cfg.evaluation, cfg.tuning
+    optimizer = build_model(cfg)
+    task = build_task(cfg.optimizee, cfg.data.dir, cfg.data.download, cfg.data.mnist_fallback,
+                      device)
+    lrs = [float(lr) for lr in tu.lrs] if tu.lrs is not None else list(LR_GRID)
+    record = {"kind": "tuning", "optimizer": optimizer.name, "task": task_key(cfg.optimizee),
+              "task_name": task.name, "protocol": tu.protocol,
+              "protocol_settings": ({"coarse_runs": tu.coarse_runs, "top_k": tu.top_k}
+                                    if tu.protocol == "coarse_to_fine" else {}),
+              "lrs": lrs, "n_runs": ev.n_runs, "final_loss": ev.final_loss, "seed": cfg.seed,
+              "evaluation_seed": ev.seed, "engine": ev.engine, "horizons": {}}
+    for horizon in cfg.horizon.eval_steps:
+        log.info("tuning %s on %s at %d steps: %d rates x %d runs (%s protocol)",
+                 optimizer.name, task.name, horizon, len(lrs), ev.n_runs, tu.protocol)
+        block = tune_learning_rate(task, optimizer, lrs, horizon, ev.n_runs, seed=ev.seed,
+                                   final_loss=ev.final_loss, protocol=tu.protocol,
+                                   coarse_runs=tu.coarse_runs, top_k=tu.top_k,
+                                   engine=ev.engine, memory_budget_gb=ev.memory_budget_gb)
+        record["horizons"][str(horizon)] = block
+        log.info("tuned %s at %d steps: lr %.6g, final loss %.5g", optimizer.name, horizon,
+                 block["tuned_lr"], block["tuned_loss"])
+        writer.log_table(f"tune/final_loss_{horizon}", ["lr", "final_loss_mean",
+                                                         "final_loss_std", "n_diverged"],
+                         [[r["lr"], r["final_loss_mean"], r["final_loss_std"], r["n_diverged"]]
+                          for r in block["table"]])
+        writer.summary({f"tune/{horizon}/lr": block["tuned_lr"],
+                        f"tune/{horizon}/final_loss": block["tuned_loss"]})
+    write_record(out, record)
+    return record["horizons"][str(cfg.horizon.eval_steps[0])]["tuned_loss"]
 
 
 def _changed_inputs(before: dict | None, now: dict) -> str:
@@ -275,7 +324,7 @@ def _changed_inputs(before: dict | None, now: dict) -> str:
 
 
 def _resolve_baselines(cfg) -> dict[int, dict[str, tuple[float, str]]]:
-    if cfg.stage == "meta_train":
+    if cfg.stage in ("meta_train", "tune"):
         return {}
     key = task_key(cfg.optimizee)
     # Only "tuned" rates need the tuning sweep (a damaged cell of it is refused, by name).
@@ -375,6 +424,16 @@ def _family(name: str) -> str:
     return "dmoptimizer" if name.startswith("dmoptimizer") else name
 
 
+def _run_evaluation(cfg, task, optimizers, horizon):
+    """The configured engine's paired evaluation (``evaluation.engine``)."""
+    ev = cfg.evaluation
+    if ev.engine == "sequential":
+        return evaluate(task, optimizers, horizon, ev.n_runs, seed=ev.seed,
+                        final_loss=ev.final_loss)
+    return evaluate_batched(task, optimizers, horizon, ev.n_runs, seed=ev.seed,
+                            final_loss=ev.final_loss, memory_budget_gb=ev.memory_budget_gb)
+
+
 def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float:
     from l2o_pipeline.plots import plot_loss_curves
 
@@ -399,6 +458,7 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
                "final_loss": cfg.evaluation.final_loss, "optimizer": name,
                "experiment": _choice("experiment"), "seed": cfg.seed,
                "evaluation_seed": cfg.evaluation.seed, "diverged_rule": DIVERGED_RULE,
+               "engine": cfg.evaluation.engine,
                "checkpoint": str(checkpoint) if checkpoint else None,
                "checkpoint_iteration": payload.get("iteration") if name in LEARNED else None,
                "optimizer_hparams": payload["hparams"] if name in LEARNED else None,
@@ -413,12 +473,12 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
             lrs[base] = value
             log.info("baseline %s lr=%.6g (%s) at %d steps", base, value, source, horizon)
         start = time.perf_counter()
-        results = evaluate(task, optimizers, horizon, cfg.evaluation.n_runs,
-                           seed=cfg.evaluation.seed, final_loss=cfg.evaluation.final_loss)
+        results = _run_evaluation(cfg, task, optimizers, horizon)
         seconds = time.perf_counter() - start
         block = {}
         for opt_name, res in results.items():
-            s = res.summary() | {"lr": lrs[opt_name]}
+            s = res.summary() | {"lr": lrs[opt_name],
+                                 "final_losses": res.final_losses.tolist()}
             block[opt_name] = s
             log.info("%-10s %5d steps: final loss %.5g ± %.3g (%d of %d runs diverged)",
                      opt_name, horizon, s["final_loss_mean"], s["final_loss_std"],

@@ -5,7 +5,8 @@
 
 Reads only the run folders below ``--runs`` (no W&B): evaluation cells
 (``<sweep>/<override_dirname>/seed_<s>/eval/summary.json`` and ``eval/curves_<h>.pt``),
-tuning cells (``tune/...``, one hand-designed optimizer at one rate) and meta-training cells
+tuning cells (``tune/...``: one hand-designed optimizer over the whole rate grid, its record
+``tune/summary.json``; older ones, one rate per cell, are evaluation cells) and meta-training cells
 (``meta_train/experiment=<name>/seed_<s>/``: ``summary.json``, ``metrics.jsonl``). Writes
 ``report.md``, one PNG per paper table or figure that has runs, and ``results.json`` with
 every number the report shows. Missing cells show as "—" or "not run", never as zero; a
@@ -15,8 +16,8 @@ Numbers are mean ± std over runs. A learned optimizer's runs are pooled over it
 meta-training seeds (the exact pooled mean and std of all runs, from each cell's mean, std and
 count). A hand-designed optimizer at one rate on one task is one set of paired runs wherever
 it appears (every cell uses the same ``evaluation.seed``), so duplicates across cells are
-counted once; its "tuned" rate is the one of lowest mean final loss among all cells that
-evaluated it (the rule of ``baselines.scan_tuning``).
+counted once; its "tuned" rate is the one its tuning record names (with the protocol that
+chose it), else the one of lowest mean final loss among all cells that evaluated it.
 """
 
 from __future__ import annotations
@@ -255,6 +256,8 @@ class RunIndex:
         self.duplicates = 0
         self._memo: dict = {}
         self._initial: dict = {}
+        # (optimizer, task, horizon) -> the tuned rate a tuning record names, and how
+        self.tuned_rates: dict[tuple, dict] = {}
 
     # -- scanning
 
@@ -262,11 +265,13 @@ class RunIndex:
         if not self.root.is_dir():
             self.notes.append(f"runs root {self.root} does not exist: nothing to report")
             return self
-        evals, metas = [], []
+        evals, tunes, metas = [], [], []
         for dirpath, dirnames, filenames in os.walk(self.root):
             p = Path(dirpath)
             if p.name == "eval" and "summary.json" in filenames:
                 evals.append(p / "summary.json")
+            if p.name == "tune" and "summary.json" in filenames:
+                tunes.append(p / "summary.json")
             if ("best.pt" in filenames or "state.pt" in filenames or "checkpoints" in dirnames
                     or ("metrics.jsonl" in filenames and "meta_train" in p.parts)):
                 metas.append(p)
@@ -275,6 +280,8 @@ class RunIndex:
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         for path in sorted(evals):
             self._add_eval_cell(path)
+        for path in sorted(tunes):
+            self._add_tune_cell(path)
         for path in sorted(metas):
             self._add_meta_cell(path)
         if self.duplicates:
@@ -331,9 +338,7 @@ class RunIndex:
 
     def _add_eval_cell(self, path: Path) -> None:
         cell = path.parent.parent
-        rel = cell.relative_to(self.root).parts
-        sweep = "/".join(rel[:2 if rel[0] == "tune" and len(rel) > 3 else 1]) \
-            if len(rel) > 1 else "."
+        sweep = self._sweep_of(cell)
         try:
             summary = read_json_record(path, "an evaluation summary",
                                        "rerun its cell with skip_if_done=false")
@@ -391,6 +396,60 @@ class RunIndex:
                     continue
                 info.n_runs.add(m.n_runs)
                 self._add(m, mode, ev)
+
+    def _sweep_of(self, cell: Path) -> str:
+        rel = cell.relative_to(self.root).parts
+        return "/".join(rel[:2 if rel[0] == "tune" and len(rel) > 3 else 1]) \
+            if len(rel) > 1 else "."
+
+    def _add_tune_cell(self, path: Path) -> None:
+        """A tuning record: every rate of its tables is a measurement (the coarse pass's too:
+        a prefix of the full runs, superseded where a rate was run in full); its tuned rates
+        are kept with their protocol."""
+        cell = path.parent.parent
+        try:
+            record = read_json_record(path, "a tuning record", "rerun its tuning cell")
+            if record.get("kind") != "tuning":
+                return
+            name, task = str(record["optimizer"]), _norm_task(str(record["task"]))
+            horizons = record["horizons"]
+            if not isinstance(horizons, dict):
+                raise TypeError("'horizons' is not a mapping")
+        except Exception as exc:  # half-written or foreign: skip with a note
+            self.notes.append(f"skipped {_rel(path, self.root)}: {type(exc).__name__}: {exc}")
+            return
+        info = self.sweeps[self._sweep_of(cell)]
+        info.cells += 1
+        info.done += (cell / "DONE").is_file()
+        ev = {"seed": record.get("evaluation_seed")}
+        for h, block in horizons.items():
+            horizon = _int_or_none(h)
+            try:
+                rows = list(block.get("coarse_table", [])) + list(block["table"])
+                protocol = str(record.get("protocol", "full"))
+                tuned = {"lr": float(block["tuned_lr"]), "protocol": protocol,
+                         "cell": _rel(cell, self.root)}
+                ms = [Measurement(kind="hand", name=name, task=task, horizon=horizon,
+                                  mean=math.nan if r.get("final_loss_mean") is None
+                                  else float(r["final_loss_mean"]),
+                                  std=float(r.get("final_loss_std") or 0.0),
+                                  n_runs=int(r["n_runs"]), n_diverged=int(r.get("n_diverged")
+                                                                          or 0),
+                                  lr=float(r["lr"]), seed=None, ckpt=None, cell=cell,
+                                  sweep=self._sweep_of(cell), curves=None, key=name)
+                      for r in rows]
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                self.notes.append(f"skipped {name} at {h} steps in {_rel(path, self.root)}: "
+                                  f"{type(exc).__name__}: {exc}")
+                continue
+            info.horizons.add(horizon)
+            seconds = block.get("_seconds")
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                info.seconds += seconds
+            info.n_runs.add(int(record.get("n_runs", 0)))
+            for m in ms:
+                self._add(m, record.get("final_loss"), ev)
+            self.tuned_rates[(name, task, horizon)] = tuned
 
     def _add(self, m: Measurement, mode, ev: dict) -> None:
         """File a measurement once. Run i of an evaluation is seeded by (evaluation.seed, i)
@@ -484,6 +543,9 @@ class RunIndex:
         grid = self.hand_by_lr(optimizer, task, horizon)
         if not grid:
             return None
+        named = self.tuned_rates.get((optimizer, task, horizon))
+        if named is not None and named["lr"] in grid:
+            return grid[named["lr"]]
         return min(grid.values(), key=lambda s: s.mean if math.isfinite(s.mean) else math.inf)
 
     def baselines(self, task: str, horizon: int) -> dict[str, Stat]:
@@ -1121,6 +1183,9 @@ def settings(idx: RunIndex) -> dict:
                        "horizons": sorted(v.horizons), "seeds": sorted(v.seeds),
                        "seconds": v.seconds} for k, v in sorted(idx.sweeps.items())},
         "meta_train": meta,
+        "tuned_rates": [{"optimizer": o, "task": t, "horizon": h, **v}
+                        for (o, t, h), v in sorted(idx.tuned_rates.items(),
+                                                   key=lambda kv: str(kv[0]))],
         "wall_time_s": {"meta_training": meta_s, "evaluation": eval_s,
                         "tuning": tune_s, "total": meta_s + eval_s + tune_s},
     }
@@ -1174,6 +1239,16 @@ def render_header(st: dict, idx: RunIndex) -> str:
             lines.append(f"| {k} | {v['cells']} ({v['done']}) | {j(v['n_runs'])} | "
                          f"{j(v['horizons'])} | {j(v['seeds'])} | {_hours(v['seconds'])} |")
         lines.append("")
+    if st["tuned_rates"]:
+        lines += ["Tuned rates named by tuning records (`tune/summary.json`; protocol `full`: "
+                  "every rate over all runs, `coarse_to_fine`: every rate over a few runs, "
+                  "then the best few over all):", "",
+                  "| Optimizer | Task | Horizon | Tuned lr | Protocol | Cell |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {label(r['optimizer'])} | {r['task']} | {r['horizon']} | "
+                  f"{fmt_lr(r['lr'])} | {r['protocol']} | `{r['cell']}` |"
+                  for r in st["tuned_rates"]]
+        lines.append("")
     w = st["wall_time_s"]
     lines += [f"Wall time (sum over cells, as recorded by the runs): meta-training "
               f"{_hours(w['meta_training'])}, evaluation {_hours(w['evaluation'])}, tuning "
@@ -1190,8 +1265,10 @@ METHOD = """## How the numbers are made
   std of all runs together (per-seed means are in `results.json`). All seeds meet the same
   test problems (one `evaluation.seed`), so the spread mixes seed and problem variation.
 - A **traditional algorithm** at one rate on one task is one set of paired runs wherever it
-  appears (tuning cell or any evaluation cell): counted once. Its **tuned** rate is the one of
-  lowest mean final loss among all cells that evaluated it (`baselines.scan_tuning`'s rule).
+  appears (tuning cell or any evaluation cell): counted once. Its **tuned** rate is the one its
+  tuning record names (lowest mean final loss over all runs among the rates its protocol ran
+  in full; the protocol is listed under "Data and settings"), else the one of lowest mean
+  final loss among all cells that evaluated it (`baselines.scan_tuning`'s rule).
 - **Curves**: the mean loss at each step over all runs (non-finite values left out), with the
   25-75 % band. The paper removed outlier runs from its curves; nothing is removed here.
 - **Missing** cells show as "—", missing figures and tables as "not run"; nothing missing is

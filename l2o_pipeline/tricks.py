@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from l2o_pipeline.optimizees.base import Task
+from l2o_pipeline.optimizees.batched import BatchedTask
 from l2o_pipeline.utils import check_positive
 
 
@@ -44,6 +45,10 @@ class RandomScaling(Task):
     def loss(self, params, batch):
         return self.task.loss(params * self._scale(params.dtype), batch)
 
+    @classmethod
+    def batched(cls, instances):
+        return BatchedRandomScaling(instances)
+
 
 class Combined(Task):
     """Sum of several tasks over concatenated coordinates (the convex combination trick)."""
@@ -73,7 +78,49 @@ class Combined(Task):
         parts = params.split(self.sizes)
         return sum(t.loss(p, b) for t, p, b in zip(self.tasks, parts, batch))
 
+    @classmethod
+    def batched(cls, instances):
+        return BatchedCombined(instances)
+
     @property
     def main(self) -> Task:
         """The first task (the optimizee proper), without the convex companion."""
         return self.tasks[0]
+
+
+def batch_instances(instances: list[Task]) -> BatchedTask:
+    """The batched form of R instances of one kind (``Task.batched`` of their class)."""
+    return type(instances[0]).batched(instances)
+
+
+class BatchedRandomScaling(BatchedTask):
+    """Every run's own scaling c, stacked [R, n]: the inner batched task at θ ⊙ c."""
+
+    def __init__(self, instances):
+        super().__init__(instances)
+        self.inner = batch_instances([t.task for t in self.instances])
+        self.scale = torch.stack([t._scale(t.scale.dtype) for t in self.instances])
+
+    def sample_batch(self, generators):
+        return self.inner.sample_batch(generators)
+
+    def loss(self, theta, batch):
+        return self.inner.loss(theta * self.scale.to(theta.dtype), batch)
+
+
+class BatchedCombined(BatchedTask):
+    """The parts' batched tasks over their slices of the last axis, losses summed."""
+
+    def __init__(self, instances):
+        super().__init__(instances)
+        self.sizes = self.instances[0].sizes
+        self.parts = [batch_instances([t.tasks[i] for t in self.instances])
+                      for i in range(len(self.sizes))]
+
+    def sample_batch(self, generators):
+        # Each run's generator serves its parts in turn, as in Combined.sample_batch.
+        return tuple(part.sample_batch(generators) for part in self.parts)
+
+    def loss(self, theta, batch):
+        parts = theta.split(self.sizes, dim=-1)
+        return sum(t.loss(p, b) for t, p, b in zip(self.parts, parts, batch))

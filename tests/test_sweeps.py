@@ -20,12 +20,13 @@ EXPECTED_JOBS = {
     "fig9": 4 * 3,
     "dm_paper": 4 * 3,
     "dm_quadratic_eval": 3,
-    "tune_activations": 6 * 27 * 4,
-    "tune_horizons": 6 * 27,
-    "tune_depth": 6 * 27 * 9,
-    "tune_cnn": 6 * 27 * 3,
-    "tune_lstm": 6 * 27 * 3,
-    "tune_dm_paper": 3 * 27 * 5 * 2,
+    # one cell per (optimizer, task, horizons), the whole rate grid inside (stage=tune)
+    "tune_activations": 6 * 4,
+    "tune_horizons": 6,
+    "tune_depth": 6 * 9,
+    "tune_cnn": 6 * 3,
+    "tune_lstm": 6 * 3,
+    "tune_dm_paper": 3 * 5 * 2,
 }
 
 
@@ -60,10 +61,14 @@ def test_sweep_composes_and_expands(name, tmp_path):
         validate_config(job_cfg)
 
 
-def test_sweep_lr_grid_is_the_sqrt2_grid(tmp_path):
-    cfg, _ = expand("tune_activations", tmp_path)
-    lrs = [float(x) for x in str(cfg.hydra.sweeper.params["optimizer.lr"]).split(",")]
-    assert lrs == pytest.approx([2 ** (-k / 2) for k in range(27)], rel=1e-9)
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED_JOBS) if n.startswith("tune_")])
+def test_tuning_cells_run_the_whole_sqrt2_grid(name, tmp_path):
+    from l2o_pipeline.baselines import LR_GRID
+
+    cfg, jobs = expand(name, tmp_path)
+    assert cfg.stage == "tune" and cfg.tuning.lrs is None and cfg.tuning.protocol == "full"
+    assert not any(o.startswith("optimizer.lr=") for job in jobs for o in job)
+    assert list(LR_GRID) == pytest.approx([2 ** (-k / 2) for k in range(27)], rel=1e-12)
 
 
 def test_evaluation_cells_point_at_their_meta_training_cell(tmp_path):

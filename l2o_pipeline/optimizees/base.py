@@ -8,11 +8,15 @@ wrap a task into another task, so every optimizer and trainer sees the same inte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from l2o_pipeline.utils import check_positive  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from l2o_pipeline.optimizees.batched import BatchedTask
 
 Batch = Any  # a tensor, a tuple of tensors, or None for deterministic tasks
 
@@ -41,6 +45,14 @@ class Task(ABC):
         Plain tasks are their own only member. Called once per optimizee run.
         """
         return self
+
+    @classmethod
+    def batched(cls, instances: Sequence[Task]) -> BatchedTask:
+        """R instances of this kind (one per run) as one task over θ ``[S, R, n]``
+        (``l2o_pipeline.optimizees.batched``). Kinds with per-run draws override it."""
+        from l2o_pipeline.optimizees.batched import VmapBatched
+
+        return VmapBatched(instances)
 
     @property
     def device(self) -> torch.device:

@@ -7,6 +7,7 @@ import math
 import torch
 
 from l2o_pipeline.optimizees.base import Task
+from l2o_pipeline.optimizees.batched import VmapBatched, stack_batches
 from l2o_pipeline.optimizees.layout import ParamLayout
 from l2o_pipeline.utils import check_positive
 
@@ -42,6 +43,11 @@ class SineLSTMTask(Task):
         return (torch.randn(self.n_params, generator=generator) * self.init_std).to(self.device)
 
     def sample_batch(self, generator):
+        x, target = self.sample_cpu_batch(generator)
+        return x.to(self.device), target.to(self.device)
+
+    def sample_cpu_batch(self, generator):
+        """A minibatch drawn and built on the CPU (the same draws on every device)."""
         b = self.batch_size
         amp = torch.rand(b, 1, generator=generator) * 10
         omega = torch.rand(b, 1, generator=generator) * (math.pi / 2)
@@ -50,7 +56,11 @@ class SineLSTMTask(Task):
         x = amp * torch.sin(k * omega + phase)
         x = x + self.noise * torch.randn(b, self.seq_len, generator=generator)
         target = amp * torch.sin(self.seq_len * omega + phase)  # noise-free target
-        return x.to(self.device), target.squeeze(1).to(self.device)
+        return x, target.squeeze(1)
+
+    @classmethod
+    def batched(cls, instances):
+        return BatchedSineLSTM(instances)
 
     def loss(self, params, batch):
         x, target = batch
@@ -70,3 +80,12 @@ class SineLSTMTask(Task):
                 inp = hs[layer]
         pred = torch.addmm(p["out.b"], hs[-1], p["out.w"]).squeeze(1)
         return ((pred - target) ** 2).mean()
+
+
+class BatchedSineLSTM(VmapBatched):
+    """The vmapped loss; every run's minibatch built on the CPU, one transfer for all runs."""
+
+    def sample_batch(self, generators):
+        task = self.instances[0]
+        x, target = stack_batches([task.sample_cpu_batch(g) for g in generators])
+        return x.to(self.device), target.to(self.device)

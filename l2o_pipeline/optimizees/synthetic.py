@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from l2o_pipeline.optimizees.base import Task
+from l2o_pipeline.optimizees.batched import BatchedTask
 from l2o_pipeline.utils import check_positive
 
 QUADRATIC_DISTRIBUTIONS = ("uniform", "gaussian")
@@ -61,6 +62,10 @@ class QuadraticTask(Task):
         residual = torch.bmm(self.W.to(params.dtype), x).squeeze(-1) - self.y.to(params.dtype)
         return (residual**2).sum(-1).mean()
 
+    @classmethod
+    def batched(cls, instances):
+        return BatchedQuadratic(instances)
+
 
 class SquareTask(Task):
     """The convex g(x) = (1/n) Σ clip((x_i − v_i)², 0, clip), v ~ U[−1, 1]^n per instance.
@@ -106,3 +111,45 @@ class SquareTask(Task):
         if self.clip is not None:
             sq = sq.clamp(0.0, self.clip)
         return sq.mean()
+
+    @classmethod
+    def batched(cls, instances):
+        return BatchedSquare(instances)
+
+
+class BatchedQuadratic(BatchedTask):
+    """Every run's own W, y, stacked: ‖W x − y‖² as one broadcast matmul over [S, R]."""
+
+    def __init__(self, instances):
+        super().__init__(instances)
+        first = self.instances[0]
+        self.n_problems, self.dim = first.n_problems, first.dim
+        self.W = torch.stack([t.W for t in self.instances])  # [R, P, d, d]
+        self.y = torch.stack([t.y for t in self.instances])  # [R, P, d]
+
+    def sample_batch(self, generators):
+        return None
+
+    def loss(self, theta, batch):
+        S, R = theta.shape[:2]
+        x = theta.reshape(S, R, self.n_problems, self.dim, 1)
+        residual = torch.matmul(self.W.to(theta.dtype), x).squeeze(-1) - self.y.to(theta.dtype)
+        return (residual**2).sum(-1).mean(-1)
+
+
+class BatchedSquare(BatchedTask):
+    """Every run's own target v, stacked: mean of clip((x − v)²) over the last axis."""
+
+    def __init__(self, instances):
+        super().__init__(instances)
+        self.clip = self.instances[0].clip
+        self.target = torch.stack([t.target for t in self.instances])  # [R, n]
+
+    def sample_batch(self, generators):
+        return None
+
+    def loss(self, theta, batch):
+        sq = (theta - self.target.to(theta.dtype)) ** 2
+        if self.clip is not None:
+            sq = sq.clamp(0.0, self.clip)
+        return sq.mean(-1)

@@ -6,6 +6,8 @@ accumulator), and the paper tuned only the learning rate with TF defaults for th
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from l2o_pipeline.optimizers.base import Optimizer
@@ -13,14 +15,34 @@ from l2o_pipeline.utils import check_positive
 
 
 class HandDesigned(Optimizer):
+    """``lr`` is a number, or a tensor of one rate per row (shape ``[rows, 1]``) when the
+    optimizer steps many runs at once over gradients of shape ``[rows, n]`` (the batched
+    evaluation engine: a whole learning-rate grid in one pass)."""
+
     learned = False
 
-    def __init__(self, lr: float):
+    def __init__(self, lr: float | torch.Tensor):
         super().__init__()
-        check_positive(f"{self.name}.lr", lr)
-        self.lr = float(lr)
+        if isinstance(lr, torch.Tensor):
+            if not bool((lr > 0).all()):
+                raise ValueError(f"{self.name}.lr must be positive, got {lr.flatten().tolist()}")
+            self.lr = lr
+        else:
+            check_positive(f"{self.name}.lr", lr)
+            self.lr = float(lr)
+
+    def hparams(self) -> dict:
+        """Constructor arguments (the attributes of the same names), ``lr`` included."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
+
+    def with_lr(self, lr: float | torch.Tensor) -> HandDesigned:
+        """The same optimizer with another learning rate (or one per row)."""
+        return type(self)(**(self.hparams() | {"lr": lr}))
 
     def extra_repr(self) -> str:
+        if isinstance(self.lr, torch.Tensor):
+            return f"lr=<{self.lr.numel()} per-row rates>"
         return f"lr={self.lr:g}"
 
 

@@ -213,10 +213,10 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-_malloc_tuned = {"done": False}
+_malloc_tuned = {"done": False, "every_size": False}
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(every_size: bool = False) -> bool:
     """Stop glibc from handing freed memory back to the OS (process-wide; Linux/glibc only).
 
     Every step allocates and frees several [n, 80] gate tensors (5 MB each for the paper's
@@ -225,18 +225,23 @@ def keep_freed_memory() -> bool:
     step page-faults (and the kernel zeroes) them again, which costs ~20 % of an evaluation
     step and more than the arithmetic of meta-training on a loaded machine. Called once, on the
     first LSTM step on CPU; peak memory is unchanged, but it is kept until the process ends.
-    ``L2O_MALLOC_TUNING=0`` opts out. Returns whether the setting was applied."""
-    if _malloc_tuned["done"]:
+    ``every_size``: blocks over 32 MiB (glibc's largest mmap threshold) come from the heap too
+    (``M_MMAP_MAX = 0``), for the batched evaluation engine, whose per-step tensors are
+    10-200 MB: page-faulting them cost a clone of θ ten times its copy. ``L2O_MALLOC_TUNING=0``
+    opts out. Returns whether the setting was applied."""
+    if _malloc_tuned["done"] and (_malloc_tuned["every_size"] or not every_size):
         return True
     _malloc_tuned["done"] = True
+    _malloc_tuned["every_size"] |= every_size
     if os.environ.get("L2O_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+        m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4  # mallopt's numbers
         # allocations under 32 MiB (glibc's maximum) come from the heap, never trimmed
         ok = libc.mallopt(m_mmap_threshold, 32 * 2**20)
-        return bool(ok and libc.mallopt(m_trim_threshold, 2**31 - 1))
+        ok = ok and libc.mallopt(m_trim_threshold, 2**31 - 1)
+        return bool(ok and (not every_size or libc.mallopt(m_mmap_max, 0)))
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
         return False
 

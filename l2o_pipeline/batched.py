@@ -1,0 +1,278 @@
+"""Batched evaluation: a whole comparison (every optimizer × every run, × every learning rate
+when tuning) as one computation, the same numbers as ``evaluate.evaluate``.
+
+Parameters are one tensor ``[S, R, n]``: S settings (an optimizer, or one rate of a
+hand-designed optimizer) × R runs. Run r is what the sequential path's run r is: its instance
+and θ0 from ``run_seed(seed, r, 0)``, its minibatches from ``run_seed(seed, r, 1)``, drawn once
+per step and shared by all S settings (pairing). The task computes every row's loss and
+gradient in one batched call (``Task.batched``); hand-designed optimizers of one kind step all
+their rates at once with one rate per row; a learned optimizer steps the R·n coordinates of its
+rows in cache-sized blocks (it is coordinatewise, so blocking changes nothing). The final loss
+(frozen final θ averaged over every minibatch seen), the curves and the per-run final losses
+are those of the sequential path, which stays as the reference (``tests/test_batched.py``).
+
+The work is split into chunks of runs (and, if one run of every setting does not fit, of
+settings) so that the estimated working memory stays under ``memory_budget_gb``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from l2o_pipeline.evaluate import EvalResult, check_evaluation_args, run_seed
+from l2o_pipeline.optimizees.base import Batch, Task
+from l2o_pipeline.optimizers import learned
+from l2o_pipeline.optimizers.base import Optimizer
+from l2o_pipeline.optimizers.hand_designed import HandDesigned
+from l2o_pipeline.tricks import batch_instances
+
+log = logging.getLogger(__name__)
+
+# A 24 GB machine that also runs a meta-training; on a GPU, about half its memory (README).
+DEFAULT_MEMORY_BUDGET_GB = 4.0
+# Coordinates per optimizer call (whole rows, at least one), so that what a step makes many
+# passes over stays in cache. Measured on the base MLP (n = 15,910): hand-designed steps are
+# ~30% faster in blocks of 2^17 than over all rows at once; RNNprop's, whose [block, 80] gate
+# tensors are 5 MB per run, is fastest one run per call.
+HAND_BLOCK_COORDS = 1 << 17
+LEARNED_BLOCK_COORDS = 1 << 14
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a batched evaluation is split: chunks of ``settings_per_chunk`` × ``runs_per_chunk``
+    rows, each estimated at ``bytes_per_chunk`` (``row_bytes`` per row plus ``run_bytes`` per
+    run for what a run's settings share: its minibatch, θ0)."""
+
+    n_settings: int
+    n_runs: int
+    settings_per_chunk: int
+    runs_per_chunk: int
+    row_bytes: int
+    run_bytes: int
+
+    @property
+    def bytes_per_chunk(self) -> int:
+        return self.runs_per_chunk * (self.settings_per_chunk * self.row_bytes + self.run_bytes)
+
+    @property
+    def n_chunks(self) -> int:
+        return (math.ceil(self.n_settings / self.settings_per_chunk)
+                * math.ceil(self.n_runs / self.runs_per_chunk))
+
+
+def _group_key(optimizer: Optimizer):
+    """Settings with equal keys step as one optimizer: a hand-designed kind with the same
+    hyper-parameters but its learning rate; every other optimizer alone."""
+    if isinstance(optimizer, HandDesigned) and not isinstance(optimizer.lr, torch.Tensor):
+        return type(optimizer), tuple(sorted((k, v) for k, v in optimizer.hparams().items()
+                                             if k != "lr"))
+    return id(optimizer)
+
+
+def _settings(optimizers: Mapping[str, Optimizer]) -> list[tuple[str, Optimizer]]:
+    """(name, optimizer) with the members of each group adjacent, groups in first-seen order."""
+    order: dict = {}
+    for name, opt in optimizers.items():
+        order.setdefault(_group_key(opt), []).append((name, opt))
+    return [setting for members in order.values() for setting in members]
+
+
+class _GroupStepper:
+    """Steps the rows ``[k, R, n]`` of k adjacent settings that share a group key, in blocks
+    of whole rows of about ``*_BLOCK_COORDS`` coordinates: a step makes many passes over its
+    block (a dozen for Adam, two LSTM layers for RNNprop), which then stay in cache."""
+
+    def __init__(self, settings: Sequence[tuple[str, Optimizer]], n_runs: int, n: int,
+                 device, dtype):
+        self.k, self.n_runs, self.n = len(settings), n_runs, n
+        hand = isinstance(settings[0][1], HandDesigned)
+        block_coords = HAND_BLOCK_COORDS if hand else LEARNED_BLOCK_COORDS
+        rows, per_block = self.k * n_runs, max(1, block_coords // n)
+        rates = None
+        if hand and self.k > 1:
+            rates = torch.tensor([o.lr for _, o in settings], dtype=dtype, device=device)
+            rates = rates.repeat_interleave(n_runs).unsqueeze(1)  # one rate per row
+        self.blocks = []
+        for a in range(0, rows, per_block):
+            b = min(a + per_block, rows)
+            opt = settings[0][1] if rates is None else settings[0][1].with_lr(rates[a:b])
+            self.blocks.append((a, b, opt, opt.init_state((b - a) * n, device, dtype)))
+
+    def step(self, grad: torch.Tensor, theta: torch.Tensor) -> None:
+        """θ ← θ + Δθ in place for the gradients ``grad``; both ``[k, R, n]``."""
+        grad, theta = grad.reshape(-1, self.n), theta.view(-1, self.n)
+        for j, (a, b, opt, state) in enumerate(self.blocks):
+            g = grad[a:b]
+            if isinstance(opt, HandDesigned):  # elementwise over [rows, n], a rate per row
+                state = tuple(s.view(g.shape) if s.dim() == 1 else s for s in state)
+                update, state = opt.step(g, state)
+            else:  # coordinatewise over the block's rows·n coordinates
+                update, state = opt.step(g.reshape(-1), state)
+            theta[a:b] += update.view(b - a, self.n)
+            self.blocks[j] = (a, b, opt, state)
+
+
+def _groups(settings: Sequence[tuple[str, Optimizer]]) -> list[tuple[int, int]]:
+    """[start, end) of each run of adjacent settings with one group key."""
+    bounds, start = [], 0
+    for i in range(1, len(settings) + 1):
+        if i == len(settings) or _group_key(settings[i][1]) != _group_key(settings[start][1]):
+            bounds.append((start, i))
+            start = i
+    return bounds
+
+
+def _run_instances(task: Task, seed: int, runs: range) -> tuple[list[Task], torch.Tensor]:
+    """Each run's instance and θ0, drawn as the sequential path draws them."""
+    instances, thetas = [], []
+    for run in runs:
+        gen = torch.Generator().manual_seed(run_seed(seed, run, 0))
+        instance = task.sample_instance(gen)
+        instances.append(instance)
+        thetas.append(instance.init_params(gen))
+    return instances, torch.stack(thetas)
+
+
+def _tensor_bytes(obj) -> int:
+    if obj is None:
+        return 0
+    if isinstance(obj, tuple | list):
+        return sum(_tensor_bytes(o) for o in obj)
+    return obj.numel() * obj.element_size() if isinstance(obj, torch.Tensor) else 0
+
+
+def _storages(obj) -> set[int]:
+    if isinstance(obj, tuple | list):
+        return set().union(*(_storages(o) for o in obj)) if obj else set()
+    return {obj.untyped_storage().data_ptr()} if isinstance(obj, torch.Tensor) else set()
+
+
+def _activation_bytes(btask, theta: torch.Tensor, batch: Batch) -> int:
+    """Bytes autograd keeps for one row's backward (``theta`` ``[1, 1, n]``), without the
+    minibatch itself (shared by the run's settings, counted per run)."""
+    shared, seen = _storages(batch), {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in shared:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        btask.loss(theta.detach().requires_grad_(True), batch)
+    return sum(seen.values())
+
+
+def _optimizer_row_bytes(optimizer: Optimizer, n: int, device, dtype) -> int:
+    """A row's optimizer state, twice (old and new are alive together during a step)."""
+    state = optimizer.init_state(n, device, dtype)
+    return 2 * sum(s.numel() * s.element_size() for s in state if s.dim() > 0)
+
+
+def plan_chunks(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_runs: int,
+                seed: int = 0, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> ChunkPlan:
+    """The chunking that keeps the estimated working memory under the budget: as many runs
+    of every setting per chunk as fit; if not even one run of every setting fits, as many
+    settings of one run as fit (at least one; a warning says the budget is exceeded)."""
+    if not memory_budget_gb > 0:
+        raise ValueError(f"memory_budget_gb must be positive, got {memory_budget_gb!r}")
+    instances, theta0 = _run_instances(task, seed, range(1))
+    probe = batch_instances(instances)
+    batch = probe.sample_batch([torch.Generator().manual_seed(run_seed(seed, 0, 1))])
+    n, elem = theta0.shape[1], theta0.element_size()
+    device, dtype = theta0.device, theta0.dtype
+    # θ, gradient, update and loss temporaries, the curve, and twice the saved activations
+    # (the backward's gradients of them are as large).
+    task_row = (4 * n + n_steps) * elem + 2 * _activation_bytes(probe, theta0[None], batch)
+    settings = _settings(optimizers)
+    row_bytes = task_row + max(_optimizer_row_bytes(opt, n, device, dtype)
+                               for _, opt in settings)
+    run_bytes = 2 * _tensor_bytes(batch) + n * elem  # the stacked batch and its gather, θ0
+    budget = memory_budget_gb * 1e9
+    n_settings = len(settings)
+    runs = int(budget // (n_settings * row_bytes + run_bytes))
+    if runs >= 1:
+        return ChunkPlan(n_settings, n_runs, n_settings, min(runs, n_runs), row_bytes,
+                         run_bytes)
+    per_chunk = max(1, int((budget - run_bytes) // row_bytes))
+    if per_chunk == 1 and row_bytes + run_bytes > budget:
+        log.warning("one evaluation row needs ~%.3g GB, over evaluation.memory_budget_gb=%g; "
+                    "running one row at a time", (row_bytes + run_bytes) / 1e9,
+                    memory_budget_gb)
+    return ChunkPlan(n_settings, n_runs, per_chunk, 1, row_bytes, run_bytes)
+
+
+@torch.no_grad()
+def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs: range,
+                    seed: int, n_steps: int, final_loss: str):
+    """Curves ``[S, R, n_steps]`` and final losses ``[S, R]`` of one chunk."""
+    instances, theta0 = _run_instances(task, seed, runs)
+    btask = batch_instances(instances)
+    S, (R, n) = len(settings), theta0.shape
+    device, dtype = theta0.device, theta0.dtype
+    groups = _groups(settings)
+    steppers = [_GroupStepper(settings[a:b], R, n, device, dtype) for a, b in groups]
+    theta = theta0.expand(S, R, n).clone()
+    curves = torch.empty(S, R, n_steps, device=device, dtype=dtype)
+
+    def generators():
+        return [torch.Generator().manual_seed(run_seed(seed, run, 1)) for run in runs]
+
+    gens = generators()
+    for t in range(n_steps):
+        loss, grad = btask.loss_and_grad(theta, btask.sample_batch(gens))
+        curves[:, :, t] = loss
+        for stepper, (a, b) in zip(steppers, groups):
+            stepper.step(grad[a:b], theta[a:b])
+    # The same minibatches again, for the frozen final θ (as evaluate.run_optimizer).
+    gens = generators()
+    total, count = torch.zeros(S, R, device=device, dtype=dtype), 0
+    for t in range(n_steps):
+        batch = btask.sample_batch(gens)
+        if final_loss == "average_over_seen" or t == n_steps - 1:
+            total, count = total + btask.loss(theta, batch), count + 1
+    return curves, total / count
+
+
+def evaluate_batched(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_runs: int,
+                     seed: int = 0, final_loss: str = "average_over_seen",
+                     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                     progress: Callable[[str, int], None] | None = None
+                     ) -> dict[str, EvalResult]:
+    """``evaluate.evaluate`` (same arguments, same results) as one batched computation.
+
+    Hand-designed optimizers of one kind with equal hyper-parameters but their rates are
+    stepped together, so a learning-rate grid is ``{f"adam@{lr}": Adam(lr) for lr in grid}``.
+    """
+    check_evaluation_args(optimizers, n_steps, n_runs, final_loss)
+    if task.device.type == "cpu":
+        learned.keep_freed_memory(every_size=True)
+    plan = plan_chunks(task, optimizers, n_steps, n_runs, seed, memory_budget_gb)
+    log.info("batched evaluation: %d settings × %d runs × %d steps in %d chunk(s) of up to "
+             "%d × %d rows, ~%.3g GB each (budget %g GB)", plan.n_settings, n_runs, n_steps,
+             plan.n_chunks, plan.settings_per_chunk, plan.runs_per_chunk,
+             plan.bytes_per_chunk / 1e9, memory_budget_gb)
+    settings = _settings(optimizers)
+    out_dtype = torch.get_default_dtype()  # as the sequential path's curves and finals
+    curves = {name: torch.empty(n_runs, n_steps, dtype=out_dtype) for name in optimizers}
+    finals = {name: torch.empty(n_runs, dtype=out_dtype) for name in optimizers}
+    for s0 in range(0, len(settings), plan.settings_per_chunk):
+        chunk = settings[s0:s0 + plan.settings_per_chunk]
+        for r0 in range(0, n_runs, plan.runs_per_chunk):
+            runs = range(r0, min(r0 + plan.runs_per_chunk, n_runs))
+            chunk_curves, chunk_finals = _evaluate_chunk(task, chunk, runs, seed, n_steps,
+                                                         final_loss)
+            chunk_curves, chunk_finals = chunk_curves.cpu(), chunk_finals.cpu()
+            for i, (name, _) in enumerate(chunk):
+                curves[name][runs.start:runs.stop] = chunk_curves[i]
+                finals[name][runs.start:runs.stop] = chunk_finals[i]
+                if progress is not None:
+                    for run in runs:
+                        progress(name, run)
+    return {name: EvalResult(name, curves[name], finals[name]) for name in optimizers}
