@@ -50,17 +50,13 @@ class CNNTask(ClassificationTask):
         self.name = f"cnn[{architecture}]-{dataset.name}"
 
     def loss(self, params, batch):
-        return self._loss(params, batch, torch.contiguous_format)
-
-    def _loss(self, params, batch, memory_format):
         x, y = batch
         p = self.layout.unflatten(params)
-        h = x.to(params.dtype).contiguous(memory_format=memory_format)
+        h = x.to(params.dtype)
         last_fc = max(i for i, op in enumerate(self.ops) if op == "f")
         for i, op in enumerate(self.ops):
             if op == "c":
-                w = p[f"conv{i}.w"].contiguous(memory_format=memory_format)
-                h = F.relu(F.conv2d(h, w, p[f"conv{i}.b"], padding=1))
+                h = F.relu(F.conv2d(h, p[f"conv{i}.w"], p[f"conv{i}.b"], padding=1))
             elif op == "p":
                 h = F.max_pool2d(h, 2, 2, ceil_mode=True)
             else:
@@ -75,34 +71,26 @@ class CNNTask(ClassificationTask):
 
 
 class BatchedCNN(BatchedClassification):
-    """On CUDA, the vmapped loss (grouped convolutions over the rows). On CPU, row by row in
-    channels-last layout: a CNN step is compute-bound, so batching saves no arithmetic there,
-    oneDNN's grouped convolutions (and the pointwise passes over their channel-interleaved
-    outputs) cost 2-3× more per row than plain ones, and its channels-last convolutions and
-    pooling ~2.5× less than the NCHW ones of ``CNNTask.loss``, which stays the reference."""
-
-    def _row_loss(self, theta, batch, s, r):
-        x, y = batch
-        return self.instances[0]._loss(theta[s, r], (x[r], y[r]), torch.channels_last)
+    """On CUDA, the vmapped loss (grouped convolutions over the rows). On CPU, row by row with
+    the plain convolutions: a CNN step is compute-bound, so batching saves no arithmetic
+    there, and oneDNN's grouped convolutions (and the pointwise passes over their
+    channel-interleaved outputs) cost 2-3× more per row than the plain ones."""
 
     def loss(self, theta, batch):
         if self.device.type != "cpu":
             return super().loss(theta, batch)
-        return torch.stack([torch.stack([self._row_loss(theta, batch, s, r)
+        task, (x, y) = self.instances[0], batch
+        return torch.stack([torch.stack([task.loss(theta[s, r], (x[r], y[r]))
                                          for r in range(theta.shape[1])])
                             for s in range(theta.shape[0])])
 
     def loss_and_grad(self, theta, batch):
         if self.device.type != "cpu":
             return super().loss_and_grad(theta, batch)
+        task, (x, y) = self.instances[0], batch
         loss = theta.new_empty(theta.shape[:2])
         grad = torch.empty_like(theta)
         for s in range(theta.shape[0]):
             for r in range(theta.shape[1]):
-                with torch.enable_grad():
-                    row = theta[s, r].detach().requires_grad_(True)
-                    value = self.instances[0]._loss(row, (batch[0][r], batch[1][r]),
-                                                    torch.channels_last)
-                    (grad[s, r],) = torch.autograd.grad(value, row)
-                loss[s, r] = value.detach()
+                loss[s, r], grad[s, r] = task.loss_and_grad(theta[s, r], (x[r], y[r]))
         return loss, grad
