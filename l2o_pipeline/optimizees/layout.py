@@ -19,6 +19,14 @@ class ParamLayout:
             offset += math.prod(shape)
         self.n_params = offset
 
+    def split(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of the last axis of ``theta`` ``[..., n]`` as ``[..., *shape]``, by one
+        ``split`` (whose backward is one concatenation, where a slice per layer would
+        zero-fill a gradient of θ's size each)."""
+        sizes = [math.prod(shape) for shape in self.shapes.values()]
+        return {name: part.unflatten(-1, shape) for (name, shape), part
+                in zip(self.shapes.items(), theta.split(sizes, dim=-1))}
+
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
             name: flat[o:o + math.prod(shape)].view(shape)

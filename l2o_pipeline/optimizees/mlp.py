@@ -159,10 +159,7 @@ class BatchedMLP(BatchedClassification):
 
     def _layers(self, theta):
         task = self.instances[0]
-        p = {name: theta[..., o:o + math.prod(shape)].unflatten(-1, shape).flatten(0, 1)
-             for (name, shape), o in zip(task.layout.shapes.items(),
-                                         task.layout.offsets.values())}
-        return task, p  # every tensor [S·R, ...]
+        return task, {name: t.flatten(0, 1) for name, t in task.layout.split(theta).items()}
 
     def _forward(self, theta, x):
         """The inputs of every layer ([R, B, D] for the first, [S·R, B, ·] after) and the
