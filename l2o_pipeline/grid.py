@@ -42,10 +42,14 @@ SWEEPS_DIR = ROOT / "sweeps"
 PROTOCOL_DIR = SWEEPS_DIR / "protocol"
 GRID_LOG = "grid.jsonl"  # one line per cell attempt, in <archive>/paper/
 
-# Seconds per optimizee step of one run, per optimizer, before the archive has timings of its
-# own (measured at 1 thread: bench/bench_speed.py apply rows, sequential evaluation).
-STEP_SECONDS = {"mlp": (0.0008, 0.010), "cnn": (0.02, 0.05), "sine_lstm": (0.002, 0.006),
-                "quadratic": (0.00005, 0.0003), "square": (0.00005, 0.0003)}
+# Seconds per optimizee step of one run before the archive has timings of its own, measured on
+# this project's 2-core CPU (bench/grid_cost.py, bench/bench_speed.py, batched engine):
+# (a hand-designed optimizer, a learned one) in an evaluation cell, and one rate of a tuning
+# cell's batched grid. CNN steps are convolution-bound: batching saves little there.
+STEP_SECONDS = {"mlp": (0.0007, 0.008), "cnn": (0.045, 0.05), "sine_lstm": (0.0015, 0.006),
+                "quadratic": (0.00006, 0.0003), "square": (0.00006, 0.0003)}
+TUNE_STEP_SECONDS = {"mlp": 0.00035, "cnn": 0.047, "sine_lstm": 0.001, "quadratic": 0.00006,
+                     "square": 0.00006}
 META_ITERATION_SECONDS = {"mlp": 2.3, "quadratic": 0.15}  # one 100-step meta-iteration
 
 
@@ -283,8 +287,9 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
             steps = c.n_runs * sum(c.extra["eval_steps"])
             if rates:
                 c.estimate_s = rates[len(rates) // 2] * steps * c.extra["n_optimizers"]
-            elif SWEEPS[name].stage == "tune":  # the rate grid batched: ~10x cheaper a rate
-                c.estimate_s = steps * hand / 10 * c.extra["n_optimizers"]
+            elif SWEEPS[name].stage == "tune":
+                family = _family(c.extra["optimizee"])
+                c.estimate_s = steps * TUNE_STEP_SECONDS[family] * c.extra["n_optimizers"]
             else:
                 c.estimate_s = steps * (learned + hand * (c.extra["n_optimizers"] - 1))
             waiting = _waiting_for(c, cells_by_sweep, meta)
