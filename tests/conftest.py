@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,20 @@ def make_cfg(tmp_path):
 
     yield _make
     GlobalHydra.instance().clear()
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, options: str):
+    """A tmpfs mounted on ``folder`` (e.g. ``size=2m``; ``ro,size=64k``), unmounted afterwards.
+    The test is skipped, with the reason, where it cannot be mounted (not root, no mount)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

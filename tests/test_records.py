@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from l2o_pipeline.records import (
     write_json,
 )
 from l2o_pipeline.tracking import read_jsonl
+from tests.conftest import mounted_tmpfs
 from tests.test_entrypoint import DEBUG, ROOT, cli, final_params
 
 # The debug meta-training on the quadratic: a few iterations in a second or two.
@@ -348,18 +348,8 @@ def test_ctrl_c_saves_the_state_exits_130_and_says_how_to_resume(make_cfg, tmp_p
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs (needs root and the right to mount), unmounted afterwards."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a full-disk test needs root to mount a small tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=2m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_a_full_disk_tears_no_record_and_a_rerun_after_freeing_space_works(make_cfg,

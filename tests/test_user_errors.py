@@ -17,6 +17,7 @@ import torch
 from l2o_pipeline.checkpoint import CheckpointError
 from l2o_pipeline.config import ConfigError
 from l2o_pipeline.errors import USER_ERROR_EXIT, DatasetNotFoundError, user_error_message
+from tests.conftest import mounted_tmpfs
 from tests.test_checkpoint_safety import write_payload_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,12 +115,8 @@ def read_only_dir(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"root, and a read-only tmpfs cannot be mounted here: {mount.stderr}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    with mounted_tmpfs(folder, "ro,size=64k"):  # root ignores permissions, not a read-only fs
+        yield folder
 
 
 def test_multirun_reports_each_failed_job_runs_the_others_and_fails(tmp_path):
@@ -225,17 +222,7 @@ def test_a_failed_job_is_logged_to_the_file_and_on_the_console_only_in_a_multiru
 
 def test_torch_full_disk_error_is_a_user_error(tmp_path):
     """The real thing behind the torch.save case above, where the test can mount a tiny disk."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=16k") as disk:
         with pytest.raises(RuntimeError) as info, open(disk / "state.pt", "wb") as f:
             torch.save({"x": torch.zeros(100_000)}, f)  # as the checkpoint writer does
         assert "No space left on device" in user_error_message(info.value)
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
