@@ -38,7 +38,9 @@ from l2o_pipeline.errors import UserError
 from l2o_pipeline.records import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-SWEEPS_DIR = ROOT / "sweeps"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR / "conf"
+SWEEPS_DIR = PACKAGE_DIR / "sweeps"
 PROTOCOL_DIR = SWEEPS_DIR / "protocol"
 GRID_LOG = "grid.jsonl"  # one line per cell attempt, in <archive>/paper/
 
@@ -181,7 +183,7 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
 
 def _experiment_optimizee(experiment: str | None) -> str | None:
     """The optimizee an experiment preset selects (``override /optimizee: <name>``)."""
-    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    path = CONF_DIR / "experiment" / f"{experiment}.yaml"
     if experiment is None or not path.is_file():
         return None
     for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
@@ -194,7 +196,7 @@ def _eval_steps(values: dict, cfg) -> list[int]:
     horizon = values.get("horizon")
     if horizon is None:
         return list(cfg.horizon.eval_steps)
-    data = yaml.safe_load((ROOT / "conf" / "horizon" / f"{horizon}.yaml").read_text())
+    data = yaml.safe_load((CONF_DIR / "horizon" / f"{horizon}.yaml").read_text())
     return list(data["eval_steps"])
 
 

@@ -61,7 +61,7 @@ from l2o_pipeline.errors import USER_ERROR_EXIT, user_error_message  # noqa: E40
 
 # Absolute path: a relative one breaks under `python -m` and console scripts (Hydra resolves
 # it as a Python package when the task function's module is not __main__).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 register_configs()
 
