@@ -2,6 +2,7 @@
 
     l2o-grid status [--archive archive] [--protocol cpu]
     l2o-grid run --hours 2 [--protocol cpu] [--only table2,fig9] [--jobs 2]
+    l2o-grid launch [--runs runs] [--only table2] [--report docs/results] hydra/launcher=slurm_gpu
 
 The archive is a runs folder kept in the repository (``archive/`` by default): every cell of
 every sweep of :data:`l2o_pipeline.catalog.PAPER_GRID` lands in the folder its sweep gives it
@@ -14,7 +15,8 @@ the budget is spent: a meta-training cell still running at the deadline is stopp
 SIGTERM and saves its state (the next ``run`` continues it); an evaluation cell starts only
 when its estimated cost fits in what is left. ``status`` says per sweep what is done, what is
 running or resumable, what waits for what, and what the rest would cost on this machine
-(from the archive's own timings where it has them).
+(from the archive's own timings where it has them). ``launch`` is for a cluster: each sweep
+as one Hydra multirun through the launcher its overrides choose, in the same order.
 """
 
 from __future__ import annotations
@@ -336,20 +338,26 @@ def _waiting_for(c: Cell, cells_by_sweep: dict, meta: dict) -> str:
 def collect(archive: Path, protocol: Protocol, only: list[str] | None = None
             ) -> dict[str, list[Cell]]:
     """Cells of every sweep (or of ``only`` and what they need), assessed."""
-    names = [s.name for s in PAPER_GRID]
-    if only:
-        unknown = [n for n in only if n not in SWEEPS]
-        if unknown:
-            raise GridError(f"unknown sweep(s) {unknown}; valid: {names}")
-        wanted = set(only)
-        for n in only:  # what they need comes along, so that readiness can be judged
-            wanted.update(SWEEPS[n].needs)
-            if SWEEPS[n].stage == "evaluate":
-                wanted.add(META_TRAIN_SWEEP)
-        names = [n for n in names if n in wanted]
-    cells = {n: expand(n, archive, protocol) for n in names}
+    cells = {n: expand(n, archive, protocol) for n in wanted_sweeps(only)}
     assess(cells)
     return cells
+
+
+def wanted_sweeps(only: list[str] | None = None) -> list[str]:
+    """The catalog's sweeps in its (dependency and priority) order: all of them, or ``only``
+    and what they need (their tuning sweeps; meta-training for an evaluation)."""
+    names = [s.name for s in PAPER_GRID]
+    if not only:
+        return names
+    unknown = [n for n in only if n not in SWEEPS]
+    if unknown:
+        raise GridError(f"unknown sweep(s) {unknown}; valid: {names}")
+    wanted = set(only)
+    for n in only:
+        wanted.update(SWEEPS[n].needs)
+        if SWEEPS[n].stage == "evaluate":
+            wanted.add(META_TRAIN_SWEEP)
+    return [n for n in names if n in wanted]
 
 
 # ----------------------------------------------------------------------------- views
@@ -465,16 +473,68 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
     return counts
 
 
+def launch_commands(runs: Path, protocol: Protocol, only: list[str] | None,
+                    overrides: list[str]) -> list[list[str]]:
+    """One Hydra multirun per sweep, in dependency order, through whatever launcher
+    ``overrides`` choose (``hydra/launcher=slurm_gpu``: every cell of a sweep at once on the
+    cluster; Hydra returns when they all have). The protocol's overrides come first and the
+    user's last, so the user's win. The meta-training sweep is split by the protocol's
+    iteration target per experiment."""
+    commands = []
+    for name in wanted_sweeps(only):
+        base = [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
+                "--config-name", name, f"paths.runs_dir={runs}", *protocol.overrides,
+                *protocol.sweeps.get(name, [])]
+        if name != META_TRAIN_SWEEP:
+            commands.append(base + list(overrides))
+            continue
+        by_target: dict[int, list[str]] = {}
+        for c in expand(name, runs, protocol):
+            if c.experiment not in by_target.setdefault(c.target, []):
+                by_target[c.target].append(c.experiment)
+        for target, experiments in by_target.items():
+            commands.append(base + [f"experiment={','.join(experiments)}",
+                                    f"meta_train.n_iterations={target}", *overrides])
+    return commands
+
+
+def launch(runs: Path, protocol: Protocol, only: list[str] | None, overrides: list[str],
+           report: Path | None, echo=print) -> int:
+    """Run the grid sweep by sweep (``l2o-grid launch``); stop at the first failing sweep
+    (its cells' logs say why; a relaunch skips what finished and resumes the rest)."""
+    for command in launch_commands(runs, protocol, only, overrides):
+        echo("=== " + " ".join(command[3:]))
+        rc = subprocess.call(command)
+        if rc != 0:
+            echo(f"l2o-grid: the sweep failed (exit status {rc}); fix it and launch again: "
+                 "finished cells are skipped, meta-trainings resume")
+            return rc
+    if report is not None:
+        from l2o_pipeline.report import main as write_report
+
+        return write_report(["--runs", str(runs / "paper"), "--out", str(report)])
+    return 0
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="l2o-grid", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("status", "run"):
+    for command in ("status", "run", "launch"):
         p = sub.add_parser(command)
-        p.add_argument("--archive", default=str(ROOT / "archive"),
-                       help="the results archive (a runs folder); default: archive/")
+        if command == "launch":
+            p.add_argument("--runs", default=os.environ.get("L2O_RUNS", "runs"),
+                           help="the runs folder (default: $L2O_RUNS or runs/)")
+            p.add_argument("--report", default=None,
+                           help="write the report here when every sweep has run")
+            p.add_argument("overrides", nargs="*",
+                           help="Hydra overrides for every sweep, e.g. "
+                                "hydra/launcher=slurm_gpu device=cuda")
+        else:
+            p.add_argument("--archive", default=str(ROOT / "archive"),
+                           help="the results archive (a runs folder); default: archive/")
         p.add_argument("--protocol", default="paper",
                        help="sweeps/protocol/<name>.yaml or a file (default: paper)")
         p.add_argument("--only", default=None,
@@ -483,12 +543,16 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--hours", type=float, required=True, help="time budget")
     run_p.add_argument("--jobs", type=int, default=1, help="cells at a time (threads split)")
     args = parser.parse_args(argv)
-    archive = Path(args.archive).resolve()
+    archive = Path(args.runs if args.command == "launch" else args.archive).resolve()
     if archive.exists() and not archive.is_dir():
-        parser.error(f"--archive {archive} is a file; give a folder")
+        parser.error(f"--{'runs' if args.command == 'launch' else 'archive'} {archive} is a "
+                     "file; give a folder")
     only = [s for s in args.only.split(",") if s] if args.only else None
     try:
         protocol = load_protocol(args.protocol)
+        if args.command == "launch":
+            return launch(archive, protocol, only, args.overrides,
+                          Path(args.report).resolve() if args.report else None)
         if args.command == "status":
             print("\n".join(status_lines(collect(archive, protocol, only), protocol)))
             return 0

@@ -125,6 +125,31 @@ def test_a_budgeted_run_fills_the_archive_then_skips_and_continues(tmp_path):
     assert len(log) == 4 + finished and {r["outcome"] for r in log} == {"finished"}
 
 
+def test_launch_runs_each_sweep_as_one_multirun_in_dependency_order(tmp_path):
+    two = ["experiment=rnnprop,dm_quadratic"]
+    protocol = grid.load_protocol(write_protocol(tmp_path, iterations=3, paper_meta_train=two))
+    protocol.meta_train_iterations["dm_quadratic"] = 5
+    commands = grid.launch_commands(tmp_path, protocol, ["table2"], ["hydra/launcher=slurm_cpu"])
+    sweeps = [c[c.index("--config-name") + 1] for c in commands]
+    assert sweeps == ["tune_activations", "paper_meta_train", "paper_meta_train", "table2"]
+    meta = {c[-3]: c[-2] for c in commands[1:3]}  # one multirun per iteration target
+    assert meta == {"experiment=rnnprop": "meta_train.n_iterations=3",
+                    "experiment=dm_quadratic": "meta_train.n_iterations=5"}
+    assert all(c[-1] == "hydra/launcher=slurm_cpu" for c in commands)  # the user's win
+
+
+@pytest.mark.slow
+def test_launch_fills_the_cells_that_run_would_and_writes_the_report(tmp_path):
+    runs = tmp_path / "runs"
+    protocol = grid.load_protocol(write_protocol(tmp_path))
+    assert grid.launch(runs, protocol, ["table2"], [], report=tmp_path / "report") == 0
+    cells = grid.collect(runs, protocol, ["table2"])
+    assert all(c.state == "done" for cs in cells.values() for c in cs)
+    assert (tmp_path / "report" / "report.md").is_file()
+    # A broken sweep stops the launch with its exit status.
+    assert grid.launch(runs, protocol, ["table2"], ["+no_such_key=1"], report=None) != 0
+
+
 @pytest.mark.slow
 def test_the_deadline_stops_a_meta_training_that_the_next_run_continues(tmp_path):
     archive = tmp_path / "archive"
