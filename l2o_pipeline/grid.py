@@ -37,7 +37,6 @@ from l2o_pipeline.config import cell_name
 from l2o_pipeline.errors import UserError
 from l2o_pipeline.records import write_text
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "conf"
 SWEEPS_DIR = PACKAGE_DIR / "sweeps"
@@ -450,7 +449,8 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
             tried.add(c.name)
             log_file = open(_log_file(logs, c), "w")
             echo(f"start: {c.name} (~{_hours(c.estimate_s)}{', ' + c.detail if c.detail else ''})")
-            proc = subprocess.Popen(_command(c, archive, threads), cwd=ROOT, stdout=log_file,
+            # In the current folder, as `l2o` itself would run (data.dir=data is relative).
+            proc = subprocess.Popen(_command(c, archive, threads), stdout=log_file,
                                     stderr=subprocess.STDOUT)
             running[c.name] = (proc, c, time.monotonic())
         if not running:
@@ -473,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for command in ("status", "run"):
         p = sub.add_parser(command)
-        p.add_argument("--archive", default=str(ROOT / "archive"),
-                       help="the results archive (a runs folder); default: archive/")
+        p.add_argument("--archive", default="archive",
+                       help="the results archive (a runs folder); default: archive/ in the "
+                            "current folder (the repository's, run from its root)")
         p.add_argument("--protocol", default="paper",
                        help="sweeps/protocol/<name>.yaml or a file (default: paper)")
         p.add_argument("--only", default=None,
