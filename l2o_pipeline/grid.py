@@ -3,11 +3,11 @@
     l2o-grid status [--archive archive] [--protocol cpu]
     l2o-grid run --hours 2 [--protocol cpu] [--only table2,fig9] [--jobs 2]
 
-The archive is a runs folder kept in the repository (``archive/`` by default): every cell of
-every sweep of :data:`l2o_pipeline.catalog.PAPER_GRID` lands in the folder its sweep gives it
-(``<archive>/paper/<sweep>/<overrides>/seed_<s>``), exactly as ``l2o --config-dir sweeps
---config-name <sweep>`` would put it, so a cell runs, skips and resumes the same way from
-either command. ``run`` expands each sweep into cells under a *protocol*
+The archive is a runs folder kept in the repository (``archive/`` of the current folder by
+default): every cell of every sweep of :data:`l2o_pipeline.catalog.PAPER_GRID` lands in the
+folder its sweep gives it (``<archive>/paper/<sweep>/<overrides>/seed_<s>``), exactly as
+``l2o --config-name <sweep>`` would put it, so a cell runs, skips and resumes the same way
+from either command. ``run`` expands each sweep into cells under a *protocol*
 (``sweeps/protocol/<name>.yaml``: the overrides that turn the papers' protocol into an
 affordable one), then starts the cells whose inputs are ready, in the catalog's order, until
 the budget is spent: a meta-training cell still running at the deadline is stopped with

@@ -18,7 +18,7 @@ declare -A tuning=(
     [fig7]=tune_cnn [fig8_table3]=tune_lstm [table4]=tune_activations [fig9]=tune_activations
     [dm_paper]=tune_dm_paper [dm_quadratic_eval]=tune_dm_paper
 )
-sweep() { echo "=== $1"; l2o --config-dir sweeps --config-name "$@"; }
+sweep() { echo "=== $1"; l2o --config-name "$@"; }
 
 sweep paper_meta_train "$@"
 declare -A done_tuning=()
