@@ -49,7 +49,8 @@ def choose_omp_wait_policy(sample_s: float = 0.2) -> str | None:
     processes keep more than half the CPUs busy, measured over ``sample_s`` seconds now (the
     load average lags by a minute: right after a previous job it still counts that job). A
     value set by the user always wins. Must run before torch is imported (OpenMP reads it
-    once)."""
+    once): :func:`run_job` calls it, so a job (a submitit job too) pays the 0.2 s and tab
+    completion, --help and --cfg do not."""
     if "OMP_WAIT_POLICY" in os.environ:
         return os.environ["OMP_WAIT_POLICY"]
     if busy_cpus(sample_s) > (os.cpu_count() or 1) / 2:
