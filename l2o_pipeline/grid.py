@@ -4,11 +4,11 @@
     l2o-grid run --hours 2 [--protocol cpu] [--only table2,fig9] [--jobs 2]
     l2o-grid launch [--runs runs] [--only table2] [--report docs/results] hydra/launcher=slurm_gpu
 
-The archive is a runs folder kept in the repository (``archive/`` by default): every cell of
-every sweep of :data:`l2o_pipeline.catalog.PAPER_GRID` lands in the folder its sweep gives it
-(``<archive>/paper/<sweep>/<overrides>/seed_<s>``), exactly as ``l2o --config-dir sweeps
---config-name <sweep>`` would put it, so a cell runs, skips and resumes the same way from
-either command. ``run`` expands each sweep into cells under a *protocol*
+The archive is a runs folder kept in the repository (``archive/`` of the current folder by
+default): every cell of every sweep of :data:`l2o_pipeline.catalog.PAPER_GRID` lands in the
+folder its sweep gives it (``<archive>/paper/<sweep>/<overrides>/seed_<s>``), exactly as
+``l2o --config-name <sweep>`` would put it, so a cell runs, skips and resumes the same way
+from either command. ``run`` expands each sweep into cells under a *protocol*
 (``sweeps/protocol/<name>.yaml``: the overrides that turn the papers' protocol into an
 affordable one), then starts the cells whose inputs are ready, in the catalog's order, until
 the budget is spent: a meta-training cell still running at the deadline is stopped with
@@ -39,7 +39,6 @@ from l2o_pipeline.config import cell_name
 from l2o_pipeline.errors import UserError
 from l2o_pipeline.records import write_text
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "conf"
 SWEEPS_DIR = PACKAGE_DIR / "sweeps"
@@ -458,7 +457,8 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
             tried.add(c.name)
             log_file = open(_log_file(logs, c), "w")
             echo(f"start: {c.name} (~{_hours(c.estimate_s)}{', ' + c.detail if c.detail else ''})")
-            proc = subprocess.Popen(_command(c, archive, threads), cwd=ROOT, stdout=log_file,
+            # In the current folder, as `l2o` itself would run (data.dir=data is relative).
+            proc = subprocess.Popen(_command(c, archive, threads), stdout=log_file,
                                     stderr=subprocess.STDOUT)
             running[c.name] = (proc, c, time.monotonic())
         if not running:
@@ -533,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="Hydra overrides for every sweep, e.g. "
                                 "hydra/launcher=slurm_gpu device=cuda")
         else:
-            p.add_argument("--archive", default=str(ROOT / "archive"),
-                           help="the results archive (a runs folder); default: archive/")
+            p.add_argument("--archive", default="archive",
+                           help="the results archive (a runs folder); default: archive/ in "
+                                "the current folder (the repository's, run from its root)")
         p.add_argument("--protocol", default="paper",
                        help="sweeps/protocol/<name>.yaml or a file (default: paper)")
         p.add_argument("--only", default=None,

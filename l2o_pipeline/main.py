@@ -12,6 +12,32 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from l2o_pipeline.catalog import PAPER_GRID
+from l2o_pipeline.config import register_configs
+from l2o_pipeline.errors import USER_ERROR_EXIT, user_error_message
+
+# Absolute path: a relative one breaks under `python -m` and console scripts (Hydra resolves
+# it as a Python package when the task function's module is not __main__).
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+# Registration only (the schema, the ${cell:} and ${choice_overrides:} resolvers), no work:
+# a submitit job's process imports this module to unpickle run_job, and needs the resolvers
+# before Hydra sets up the job's folder. Imports nothing heavy (no torch: tab completion and
+# --help compose configs through this module; tests/test_packaging.py checks).
+register_configs()
+
+
+def sweep_listing() -> str:
+    """The paper grid's sweeps for ``l2o --help``: name, stage, what each feeds."""
+    width = max(len(s.name) for s in PAPER_GRID)
+    return "\n".join(f"{s.name:<{width}}  {s.stage:<10}  {s.results}" for s in PAPER_GRID)
+
+
+OmegaConf.register_new_resolver("l2o_sweeps", sweep_listing, replace=True)
+
 
 def choose_omp_wait_policy(sample_s: float = 0.2) -> str | None:
     """Let idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) only on a busy machine.
@@ -23,7 +49,8 @@ def choose_omp_wait_policy(sample_s: float = 0.2) -> str | None:
     processes keep more than half the CPUs busy, measured over ``sample_s`` seconds now (the
     load average lags by a minute: right after a previous job it still counts that job). A
     value set by the user always wins. Must run before torch is imported (OpenMP reads it
-    once)."""
+    once): :func:`run_job` calls it, so a job (a submitit job too) pays the 0.2 s and tab
+    completion, --help and --cfg do not."""
     if "OMP_WAIT_POLICY" in os.environ:
         return os.environ["OMP_WAIT_POLICY"]
     if busy_cpus(sample_s) > (os.cpu_count() or 1) / 2:
@@ -51,21 +78,6 @@ def busy_cpus(sample_s: float) -> float:
     return busy * (os.cpu_count() or 1)
 
 
-choose_omp_wait_policy()
-
-import hydra  # noqa: E402  (after the OpenMP setting: these import torch)
-from omegaconf import DictConfig  # noqa: E402
-
-from l2o_pipeline.config import register_configs  # noqa: E402
-from l2o_pipeline.errors import USER_ERROR_EXIT, user_error_message  # noqa: E402
-
-# Absolute path: a relative one breaks under `python -m` and console scripts (Hydra resolves
-# it as a Python package when the task function's module is not __main__).
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-
-register_configs()
-
-
 log = logging.getLogger("l2o_pipeline")
 
 RUN_FOLDER_HINT = ("check the path (run folders are set by paths.runs_dir, hydra.run.dir and "
@@ -74,7 +86,9 @@ RUN_FOLDER_HINT = ("check the path (run folders are set by paths.runs_dir, hydra
 
 def run_job(cfg: DictConfig) -> float:
     """Hydra's task function: one run (one job of a multirun)."""
-    from l2o_pipeline.pipeline import run
+    if "torch" not in sys.modules:  # the first job of this process: OpenMP not started
+        choose_omp_wait_policy()
+    from l2o_pipeline.pipeline import run  # imports torch
 
     try:
         return run(cfg)
