@@ -6,13 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from l2o_pipeline import report
 from l2o_pipeline.report import Measurement, RunIndex, pool
-from l2o_pipeline.report_claims import fmt_lr
+from l2o_pipeline.report.readers import split_overrides
+from l2o_pipeline.report.style import fmt_lr
 
 INIT = 2.3  # the step-1 loss of every fabricated run (paired runs share θ0)
 N = 4  # runs per cell
@@ -30,6 +32,14 @@ def curve(final: float, rise_at: int | None, steps: int, seed: int = 0):
     return c
 
 
+def finals(mean: float, std: float, n: int) -> list[float]:
+    """``n`` per-run final losses of exactly this mean and std, the same pattern for every
+    optimizer (run i is one test problem: paired differences are then nearly constant)."""
+    z = np.linspace(-1.0, 1.0, n)
+    z = (z - z.mean()) / z.std(ddof=1) if n > 1 else z * 0
+    return (mean + std * z).tolist()
+
+
 def eval_cell(root: Path, sweep: str, overrides: str, seed: int, task: str, main: str,
               horizons: dict[int, dict[str, tuple]], ckpt=None, curves: bool = True,
               rise: dict | None = None, n_runs: int = N) -> Path:
@@ -37,12 +47,13 @@ def eval_cell(root: Path, sweep: str, overrides: str, seed: int, task: str, main
     (level, step)``: that curve falls to ``level``, then rises after ``step``."""
     cell = root / sweep / overrides / f"seed_{seed}"
     (cell / "eval").mkdir(parents=True)
-    summary = {"task": task, "task_name": task, "n_runs": n_runs,
+    summary = {"task": task, "task_name": task, "n_runs": n_runs, "evaluation_seed": 1000,
                "final_loss": "average_over_seen", "optimizer": main, "horizons": {}}
     for h, block in horizons.items():
         summary["horizons"][str(h)] = {
             name: {"final_loss_mean": m, "final_loss_std": s, "final_loss_median": m,
-                   "n_runs": n_runs, "n_diverged": 0, "lr": lr}
+                   "n_runs": n_runs, "n_diverged": 0, "lr": lr,
+                   "final_losses": finals(m, s, n_runs)}
             for name, (m, s, lr) in block.items()} | {"_seconds": 10.0}
         if curves:
             torch.save({name: curve(*(rise or {}).get((name, h), (m, None)), h, seed)
@@ -256,17 +267,20 @@ def test_cli_refuses_bad_folders_with_one_message(tmp_path, capsys, args, messag
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
-def test_override_dirname_parsing_and_experiment_inference():
-    assert report._split_overrides("experiment=rnnprop,optimizee.activation=relu") == {
+def test_override_dirname_parsing_and_labels_from_the_cells_own_choices(tmp_path):
+    assert split_overrides("experiment=rnnprop,optimizee.activation=relu") == {
         "experiment": "rnnprop", "optimizee.activation": "relu"}
-    assert report._split_overrides("a=[1,2],b=x") == {"a": "[1,2]", "b": "x"}
-    cfg = {"optimizer": {"name": "rnnprop"},
-           "tricks": {"random_scaling": {"enabled": False},
-                      "convex_combination": {"enabled": True}}}
-    assert report.infer_experiment(cfg, "rnnprop") == "rnnprop_no_rs"
+    assert split_overrides("a=[1,2],b=x") == {"a": "[1,2]", "b": "x"}
     idx = RunIndex("/nonexistent").scan()
     assert idx.learned("rnnprop", "x", 100) is None and idx.baselines("x", 100) == {}
-
+    # No experiment chosen: the cell is its overrides, whatever its tricks (never guessed).
+    root = tmp_path / "multi"
+    eval_cell(root, ".", "optimizer=dmoptimizer", 0, SIG, "dmoptimizer",
+              {100: {"dmoptimizer": (0.3, 0.01, None), "adam": (0.4, 0.01, 0.01)}})
+    idx = RunIndex(root).scan()
+    assert idx.learned("dmoptimizer", SIG, 100) is None
+    assert idx.learned("dmoptimizer_tricks", SIG, 100) is None
+    assert idx.learned("optimizer=dmoptimizer", SIG, 100).n_runs == N
 
 def test_a_larger_evaluation_supersedes_its_prefix(tmp_path):
     """Run i is seeded by (evaluation.seed, i): 4 runs are the first 4 of 10, not new ones."""
