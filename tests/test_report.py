@@ -158,6 +158,12 @@ def test_tables_pool_seeds_count_baselines_once_and_mark_missing(grid):
     assert "RNNprop: 8 runs over 2 meta-training seed(s)" in md
     # never a zero for a missing cell
     assert "| elu | 0" not in md
+    # each row's lowest mean against the others, paired: DMoptimizer 0.15 vs Adam 0.25
+    pairs = {(tuple(c["labels"]), c["a"], c["b"]): c for c in t2["paired"]}
+    dm_adam = pairs[(("sigmoid",), "DMoptimizer", "Adam")]
+    assert dm_adam["mean_difference"] == pytest.approx(-0.10) and dm_adam["n_pairs"] == N
+    assert dm_adam["ci95"][1] < 0 and dm_adam["beats"] is True
+    assert "| sigmoid | DMoptimizer | Adam | -0.1 [" in md
 
 
 def test_half_written_cells_are_notes_and_the_header_has_the_settings(grid):
@@ -314,3 +320,52 @@ def test_the_report_prints_the_grid_protocol_and_is_a_pure_function_of_the_runs(
     md = (tmp_path / "a" / "report.md").read_text()
     assert "name: cpu" in md and "name: paper" in md and "meta_train_iterations" in md
     assert md == (tmp_path / "b" / "report.md").read_text() and first == second
+
+
+@pytest.mark.slow
+def test_the_report_of_an_arbitrary_multirun_compares_every_cell(tmp_path):
+    """A 4-cell multirun made by the entrypoint (no experiment chosen, default tricks on):
+    one comparison table of every cell, labelled from the cells' own overrides."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "multi"
+    proc = subprocess.run(
+        [sys.executable, "-m", "l2o_pipeline", "-m", "debug=default", "evaluation.n_runs=3",
+         "optimizer=rnnprop,dmoptimizer", "seed=0,1", f"hydra.sweep.dir={sweep}",
+         f"paths.runs_dir={tmp_path / 'runs'}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = report.build_report(sweep, tmp_path / "out", figures=False)
+    (key, rows), = res["comparisons"].items()  # one task and horizon
+    assert key == "mnist-mlp-sigmoid-l1@10"  # synthetic MNIST, filed under the real task
+    by_name = {r["name"]: r for r in rows}
+    cells = {"debug=default,optimizer=rnnprop", "debug=default,optimizer=dmoptimizer"}
+    assert set(by_name) == cells | {"adam"}
+    labels = {by_name[c]["label"] for c in cells}
+    assert labels == {"RNNprop", "DMoptimizer"}  # not "DMoptimizer + tricks"
+    for c in cells:
+        assert by_name[c]["cells"] == [c]
+        assert by_name[c]["final_loss"]["seeds"] == [0, 1]
+        assert by_name[c]["final_loss"]["n_runs"] == 6
+    assert by_name["adam"]["cells"] == sorted(cells)  # the same paired runs in every cell
+    # the paired difference, recomputed from the records by hand
+    finals = {}
+    for summary in sweep.glob("*/seed_*/eval/summary.json"):
+        block = json.loads(summary.read_text())["horizons"]["10"]
+        cell = summary.parents[2].name
+        finals.setdefault(cell, []).append(block["dmoptimizer" if "dm" in cell else "rnnprop"]
+                                           ["final_losses"])
+        finals["adam"] = block["adam"]["final_losses"]
+    per_problem = {k: np.mean(v, axis=0) if k != "adam" else np.array(v)
+                   for k, v in finals.items()}
+    lowest = rows[0]["name"]
+    for r in rows[1:]:
+        d = per_problem[lowest] - per_problem[r["name"]]
+        assert r["lowest_minus_this"]["mean_difference"] == pytest.approx(d.mean())
+        assert r["lowest_minus_this"]["n_pairs"] == 3
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "### mnist-mlp-sigmoid-l1, 10 steps" in md
+    assert "| DMoptimizer | `debug=default,optimizer=dmoptimizer` | 0, 1 |" in md
+    section = md[md.index("## Every evaluated cell"):md.index("## Claims of paper 1")]
+    assert "not run" not in section and "tricks" not in section

@@ -30,6 +30,10 @@ class Row:
                 "lowest_beats_this": beats(self.versus)}
 
 
+def cells_of(stat: Stat) -> list[str]:
+    return sorted({w for m in stat.measurements for w in m.also_in | {m.where}})
+
+
 def comparison(idx: RunIndex, task: str, horizon: int) -> list[Row]:
     """The rows at ``task`` and ``horizon``, lowest mean first; each with the paired
     difference of the lowest-mean row minus it."""
@@ -40,14 +44,14 @@ def comparison(idx: RunIndex, task: str, horizon: int) -> list[Row]:
         text = label(name) if label(name) != name else label(optimizer)
         if ckpt is not None:
             text += f" (iteration {ckpt})"
-        rows.append(Row(name, text, sorted({m.where for m in stat.measurements}), stat))
+        rows.append(Row(name, text, cells_of(stat), stat))
     for opt in HAND:
         grid = idx.hand_by_lr(opt, task, horizon)
         stat = idx.tuned(opt, task, horizon)
         if stat is None:
             continue
         rows.append(Row(opt, label(opt),
-                        sorted({m.where for m in stat.measurements}), stat,
+                        cells_of(stat), stat,
                         f"tuned: best of {len(grid)} rates" if len(grid) > 1 else ""))
     rows.sort(key=lambda r: (not math.isfinite(r.stat.mean), r.stat.mean, r.text))
     for r in rows[1:]:

@@ -313,6 +313,8 @@ class RunIndex:
             bucket.append(m)
             return
         self.duplicates += 1
+        m.also_in |= first.also_in | {first.where}
+        first.also_in.add(m.where)
         if m.n_runs > first.n_runs:
             bucket[bucket.index(first)] = m
             self._seen[key] = m

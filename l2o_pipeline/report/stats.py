@@ -45,6 +45,8 @@ class Measurement:
     eval_seed: int | None = None
     mode: str | None = None
     where: str = ""  # the cell's overrides (what makes it that cell)
+    # every cell that ran these same runs (this one and the duplicates counted once)
+    also_in: set = field(default_factory=set)
 
     @property
     def n_finite(self) -> int:
