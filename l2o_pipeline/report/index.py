@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from l2o_pipeline.records import DISCARDED_DIR, read_json_record
+from l2o_pipeline.fingerprint import RECORD as FINGERPRINT
+from l2o_pipeline.records import DISCARDED_DIR, RecordError, read_json_record
 from l2o_pipeline.report.readers import (
     finite_nan,
     int_or_none,
@@ -76,6 +77,8 @@ class RunIndex:
         self.meta: list[MetaCell] = []
         self.configs: list[dict] = []
         self.fallback_logs: list[str] = []
+        # cell -> the data it read, as its records say (None: not recorded, an older cell)
+        self.data_sources: dict[str, str | None] = {}
         self.duplicates = 0
         self._memo: dict = {}
         self._initial: dict = {}
@@ -144,6 +147,19 @@ class RunIndex:
         return join_overrides({k: v for k, v in overrides.items()
                                if k != "seed" and not k.startswith(("hydra.", "paths."))})
 
+    def _note_source(self, cell: Path, source=None) -> None:
+        """The data a cell read: its evaluation record's, else its fingerprint record's."""
+        if source is None and (cell / FINGERPRINT).is_file():
+            try:
+                record = read_json_record(cell / FINGERPRINT, "a run folder's fingerprint",
+                                          "rerun its cell")
+                source = (record.get("semantic") or {}).get("data_source")
+            except RecordError as exc:
+                self.notes.append(f"skipped {rel(cell / FINGERPRINT, self.root)}: {exc}")
+        key = rel(cell, self.root)
+        if source is not None or key not in self.data_sources:
+            self.data_sources[key] = None if source is None else str(source)
+
     def _config(self, cell: Path) -> dict | None:
         path = cell / "config_resolved.yaml"
         if not path.is_file():
@@ -200,6 +216,7 @@ class RunIndex:
         eval_seed = int_or_none(summary.get("evaluation_seed", ev.get("seed")))
         ckpt = int_or_none(overrides.get("evaluation.checkpoint_iteration",
                                          ev.get("checkpoint_iteration")))
+        self._note_source(cell, summary.get("data_source"))
         info = self.sweeps[sweep]
         info.cells += 1
         info.done += (cell / "DONE").is_file()
@@ -356,6 +373,7 @@ class RunIndex:
         experiment = (overrides.get("experiment") or self.cell_overrides(cell, overrides)
                       or cell.name)
         target = int_or_none(((cfg or {}).get("meta_train") or {}).get("n_iterations"))
+        self._note_source(cell)
         self.meta.append(MetaCell(cell, experiment, self._seed(cell, overrides, cfg),
                                   (cell / "DONE").is_file(), summary, steps, loss, ema, target))
 
