@@ -42,7 +42,7 @@ def finals(mean: float, std: float, n: int) -> list[float]:
 
 def eval_cell(root: Path, sweep: str, overrides: str, seed: int, task: str, main: str,
               horizons: dict[int, dict[str, tuple]], ckpt=None, curves: bool = True,
-              rise: dict | None = None, n_runs: int = N) -> Path:
+              rise: dict | None = None, n_runs: int = N, n_diverged: int = 0) -> Path:
     """One evaluation cell; ``horizons[h][name] = (mean, std, lr)``; ``rise[(name, h)] =
     (level, step)``: that curve falls to ``level``, then rises after ``step``."""
     cell = root / sweep / overrides / f"seed_{seed}"
@@ -52,7 +52,7 @@ def eval_cell(root: Path, sweep: str, overrides: str, seed: int, task: str, main
     for h, block in horizons.items():
         summary["horizons"][str(h)] = {
             name: {"final_loss_mean": m, "final_loss_std": s, "final_loss_median": m,
-                   "n_runs": n_runs, "n_diverged": 0, "lr": lr,
+                   "n_runs": n_runs, "n_diverged": n_diverged, "lr": lr,
                    "final_losses": finals(m, s, n_runs)}
             for name, (m, s, lr) in block.items()} | {"_seconds": 10.0}
         if curves:
@@ -370,3 +370,12 @@ def test_the_report_of_an_arbitrary_multirun_compares_every_cell(tmp_path):
     assert "| DMoptimizer | `debug=default,optimizer=dmoptimizer` | 0, 1 |" in md
     section = md[md.index("## Every evaluated cell"):md.index("## Claims of paper 1")]
     assert "not run" not in section and "tricks" not in section
+
+
+def test_the_tuned_rate_of_cells_without_a_tuning_record_is_the_pipelines_rule(tmp_path):
+    """tuning.rate_loss: a rate with a diverged run counts as +inf, whatever its mean."""
+    root, task = tmp_path / "paper", "mnist-mlp-tanh-l1"
+    for lr, mean, diverged in ((0.1, 0.2, 1), (0.01, 0.3, 0)):
+        eval_cell(root, "tune/activations", f"optimizer=adam,optimizer.lr={lr}", 0, task,
+                  "adam", {100: {"adam": (mean, 0.01, lr)}}, curves=False, n_diverged=diverged)
+    assert RunIndex(root).scan().tuned("adam", task, 100).lr == 0.01

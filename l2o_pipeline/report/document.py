@@ -168,7 +168,8 @@ METHOD = """## How the numbers are made
   appears (tuning cell or any evaluation cell): counted once. Its **tuned** rate is the one its
   tuning record names (lowest mean final loss over all runs among the rates its protocol ran
   in full; the protocol is listed under "Data and settings"), else the one of lowest mean
-  final loss among all cells that evaluated it (`baselines.scan_tuning`'s rule).
+  final loss among all cells that evaluated it, a rate with a diverged run counting as +∞
+  (`tuning.rate_loss`, the rule of the pipeline's own "tuned" lookup).
 - **Comparisons are paired**: run i of every optimizer evaluated with one `evaluation.seed`
   is the same test problem (θ0 and minibatches). "A beats B" is decided on the per-problem
   differences A − B of the final losses (a learned optimizer's loss on a problem: its mean over

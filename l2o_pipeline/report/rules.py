@@ -47,7 +47,9 @@ RULES: list[tuple[str, str]] = [
     ("traditional algorithms", "the hand-designed optimizers evaluated on that task and "
                                "horizon, each at its tuned rate: the rate its tuning record "
                                "names, else the rate of lowest mean final loss among all the "
-                               "cells that evaluated it; the best of them: the lowest mean."),
+                               "cells that evaluated it, a rate with a diverged run counting "
+                               "as +∞ (the pipeline's rule, `tuning.rate_loss`); the best of "
+                               "them: the lowest mean."),
     ("cannot decrease the loss", f"mean final loss ≥ {STALL_FRACTION:g}× the mean initial "
                                  "loss."),
     ("keeps decreasing", "the mean loss curve averaged over the last 10 % of the steps is "
