@@ -17,8 +17,9 @@ from l2o_pipeline.report.document import build_report
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="l2o-report", description="The papers' tables, figures and claims from finished "
-        "runs: report.md, PNG figures and results.json.")
+        prog="l2o-report", description="The papers' tables, figures and claims, and a paired "
+        "comparison of every evaluated cell per task, from finished runs (the paper grid or "
+        "any multirun): report.md, PNG figures and results.json.")
     parser.add_argument("--runs", default="runs/paper", help="runs root (default: runs/paper)")
     parser.add_argument("--out", default="docs/results", help="output folder "
                         "(default: docs/results)")
