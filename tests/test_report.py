@@ -6,13 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from l2o_pipeline import report
 from l2o_pipeline.report import Measurement, RunIndex, pool
-from l2o_pipeline.report_claims import fmt_lr
+from l2o_pipeline.report.readers import split_overrides
+from l2o_pipeline.report.style import fmt_lr
 
 INIT = 2.3  # the step-1 loss of every fabricated run (paired runs share θ0)
 N = 4  # runs per cell
@@ -30,19 +32,28 @@ def curve(final: float, rise_at: int | None, steps: int, seed: int = 0):
     return c
 
 
+def finals(mean: float, std: float, n: int) -> list[float]:
+    """``n`` per-run final losses of exactly this mean and std, the same pattern for every
+    optimizer (run i is one test problem: paired differences are then nearly constant)."""
+    z = np.linspace(-1.0, 1.0, n)
+    z = (z - z.mean()) / z.std(ddof=1) if n > 1 else z * 0
+    return (mean + std * z).tolist()
+
+
 def eval_cell(root: Path, sweep: str, overrides: str, seed: int, task: str, main: str,
               horizons: dict[int, dict[str, tuple]], ckpt=None, curves: bool = True,
-              rise: dict | None = None, n_runs: int = N) -> Path:
+              rise: dict | None = None, n_runs: int = N, n_diverged: int = 0) -> Path:
     """One evaluation cell; ``horizons[h][name] = (mean, std, lr)``; ``rise[(name, h)] =
     (level, step)``: that curve falls to ``level``, then rises after ``step``."""
     cell = root / sweep / overrides / f"seed_{seed}"
     (cell / "eval").mkdir(parents=True)
-    summary = {"task": task, "task_name": task, "n_runs": n_runs,
+    summary = {"task": task, "task_name": task, "n_runs": n_runs, "evaluation_seed": 1000,
                "final_loss": "average_over_seen", "optimizer": main, "horizons": {}}
     for h, block in horizons.items():
         summary["horizons"][str(h)] = {
             name: {"final_loss_mean": m, "final_loss_std": s, "final_loss_median": m,
-                   "n_runs": n_runs, "n_diverged": 0, "lr": lr}
+                   "n_runs": n_runs, "n_diverged": n_diverged, "lr": lr,
+                   "final_losses": finals(m, s, n_runs)}
             for name, (m, s, lr) in block.items()} | {"_seconds": 10.0}
         if curves:
             torch.save({name: curve(*(rise or {}).get((name, h), (m, None)), h, seed)
@@ -147,6 +158,12 @@ def test_tables_pool_seeds_count_baselines_once_and_mark_missing(grid):
     assert "RNNprop: 8 runs over 2 meta-training seed(s)" in md
     # never a zero for a missing cell
     assert "| elu | 0" not in md
+    # each row's lowest mean against the others, paired: DMoptimizer 0.15 vs Adam 0.25
+    pairs = {(tuple(c["labels"]), c["a"], c["b"]): c for c in t2["paired"]}
+    dm_adam = pairs[(("sigmoid",), "DMoptimizer", "Adam")]
+    assert dm_adam["mean_difference"] == pytest.approx(-0.10) and dm_adam["n_pairs"] == N
+    assert dm_adam["ci95"][1] < 0 and dm_adam["beats"] is True
+    assert "| sigmoid | DMoptimizer | Adam | -0.1 [" in md
 
 
 def test_half_written_cells_are_notes_and_the_header_has_the_settings(grid):
@@ -256,17 +273,20 @@ def test_cli_refuses_bad_folders_with_one_message(tmp_path, capsys, args, messag
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
-def test_override_dirname_parsing_and_experiment_inference():
-    assert report._split_overrides("experiment=rnnprop,optimizee.activation=relu") == {
+def test_override_dirname_parsing_and_labels_from_the_cells_own_choices(tmp_path):
+    assert split_overrides("experiment=rnnprop,optimizee.activation=relu") == {
         "experiment": "rnnprop", "optimizee.activation": "relu"}
-    assert report._split_overrides("a=[1,2],b=x") == {"a": "[1,2]", "b": "x"}
-    cfg = {"optimizer": {"name": "rnnprop"},
-           "tricks": {"random_scaling": {"enabled": False},
-                      "convex_combination": {"enabled": True}}}
-    assert report.infer_experiment(cfg, "rnnprop") == "rnnprop_no_rs"
+    assert split_overrides("a=[1,2],b=x") == {"a": "[1,2]", "b": "x"}
     idx = RunIndex("/nonexistent").scan()
     assert idx.learned("rnnprop", "x", 100) is None and idx.baselines("x", 100) == {}
-
+    # No experiment chosen: the cell is its overrides, whatever its tricks (never guessed).
+    root = tmp_path / "multi"
+    eval_cell(root, ".", "optimizer=dmoptimizer", 0, SIG, "dmoptimizer",
+              {100: {"dmoptimizer": (0.3, 0.01, None), "adam": (0.4, 0.01, 0.01)}})
+    idx = RunIndex(root).scan()
+    assert idx.learned("dmoptimizer", SIG, 100) is None
+    assert idx.learned("dmoptimizer_tricks", SIG, 100) is None
+    assert idx.learned("optimizer=dmoptimizer", SIG, 100).n_runs == N
 
 def test_a_larger_evaluation_supersedes_its_prefix(tmp_path):
     """Run i is seeded by (evaluation.seed, i): 4 runs are the first 4 of 10, not new ones."""
@@ -300,3 +320,62 @@ def test_the_report_prints_the_grid_protocol_and_is_a_pure_function_of_the_runs(
     md = (tmp_path / "a" / "report.md").read_text()
     assert "name: cpu" in md and "name: paper" in md and "meta_train_iterations" in md
     assert md == (tmp_path / "b" / "report.md").read_text() and first == second
+
+
+@pytest.mark.slow
+def test_the_report_of_an_arbitrary_multirun_compares_every_cell(tmp_path):
+    """A 4-cell multirun made by the entrypoint (no experiment chosen, default tricks on):
+    one comparison table of every cell, labelled from the cells' own overrides."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "multi"
+    proc = subprocess.run(
+        [sys.executable, "-m", "l2o_pipeline", "-m", "debug=default", "evaluation.n_runs=3",
+         "optimizer=rnnprop,dmoptimizer", "seed=0,1", f"hydra.sweep.dir={sweep}",
+         f"paths.runs_dir={tmp_path / 'runs'}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = report.build_report(sweep, tmp_path / "out", figures=False)
+    (key, rows), = res["comparisons"].items()  # one task and horizon
+    assert key == "mnist-mlp-sigmoid-l1@10"  # synthetic MNIST, filed under the real task
+    by_name = {r["name"]: r for r in rows}
+    cells = {"debug=default,optimizer=rnnprop", "debug=default,optimizer=dmoptimizer"}
+    assert set(by_name) == cells | {"adam"}
+    labels = {by_name[c]["label"] for c in cells}
+    assert labels == {"RNNprop", "DMoptimizer"}  # not "DMoptimizer + tricks"
+    for c in cells:
+        assert by_name[c]["cells"] == [c]
+        assert by_name[c]["final_loss"]["seeds"] == [0, 1]
+        assert by_name[c]["final_loss"]["n_runs"] == 6
+    assert by_name["adam"]["cells"] == sorted(cells)  # the same paired runs in every cell
+    # the paired difference, recomputed from the records by hand
+    finals = {}
+    for summary in sweep.glob("*/seed_*/eval/summary.json"):
+        block = json.loads(summary.read_text())["horizons"]["10"]
+        cell = summary.parents[2].name
+        finals.setdefault(cell, []).append(block["dmoptimizer" if "dm" in cell else "rnnprop"]
+                                           ["final_losses"])
+        finals["adam"] = block["adam"]["final_losses"]
+    per_problem = {k: np.mean(v, axis=0) if k != "adam" else np.array(v)
+                   for k, v in finals.items()}
+    lowest = rows[0]["name"]
+    for r in rows[1:]:
+        d = per_problem[lowest] - per_problem[r["name"]]
+        assert r["lowest_minus_this"]["mean_difference"] == pytest.approx(d.mean())
+        assert r["lowest_minus_this"]["n_pairs"] == 3
+    assert set(res["settings"]["data_sources"].values()) == {"synthetic"}  # the records say
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "### mnist-mlp-sigmoid-l1, 10 steps" in md
+    assert "| DMoptimizer | `debug=default,optimizer=dmoptimizer` | 0, 1 |" in md
+    section = md[md.index("## Every evaluated cell"):md.index("## Claims of paper 1")]
+    assert "not run" not in section and "tricks" not in section
+
+
+def test_the_tuned_rate_of_cells_without_a_tuning_record_is_the_pipelines_rule(tmp_path):
+    """tuning.rate_loss: a rate with a diverged run counts as +inf, whatever its mean."""
+    root, task = tmp_path / "paper", "mnist-mlp-tanh-l1"
+    for lr, mean, diverged in ((0.1, 0.2, 1), (0.01, 0.3, 0)):
+        eval_cell(root, "tune/activations", f"optimizer=adam,optimizer.lr={lr}", 0, task,
+                  "adam", {100: {"adam": (mean, 0.01, lr)}}, curves=False, n_diverged=diverged)
+    assert RunIndex(root).scan().tuned("adam", task, 100).lr == 0.01
