@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from l2o_pipeline import progress
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
 from l2o_pipeline.batched import evaluate_batched
 from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
@@ -181,6 +182,7 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     done.unlink(missing_ok=True)  # only now: a failed check leaves a finished run finished
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    progress.configure(every_s=cfg.progress_every_s)
     learned.set_compile(cfg.compile)
     learned.set_memory_saving(cfg.save_memory)
     config = config_dict(cfg)
