@@ -275,7 +275,8 @@ class WandbWriter(Writer):
         t0 = time.monotonic()
         try:
             self.run = wandb.init(
-                mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs
+                mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True),
+                **kwargs,
             )
         except Exception as err:
             if self.mode != "online":
@@ -311,7 +312,7 @@ class WandbWriter(Writer):
         except Exception:  # best effort; the init below reports the real problem
             log.debug("wandb.teardown() failed", exc_info=True)
         try:
-            return wandb.init(mode="offline", **kwargs)
+            return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
         except Exception as err:
             # A service we do not own (WANDB_SERVICE inherited from a parent process) survives
             # teardown and still holds the id. An offline run under a new id beats none; the
@@ -322,7 +323,8 @@ class WandbWriter(Writer):
                 self.run_id, str(err).splitlines()[0][:200], new_id,
             )  # fmt: skip
             self.run_id = new_id
-            return wandb.init(mode="offline", **dict(kwargs, id=new_id))
+            return wandb.init(mode="offline", settings=wandb.Settings(silent=True),
+                              **dict(kwargs, id=new_id))
 
     @property
     def run_dir(self) -> Path | None:

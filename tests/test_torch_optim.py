@@ -437,7 +437,7 @@ def test_lr_schedulers_scale_the_learned_update(name, ckpt):
     opt = LearnedOptimizer([scheduled], checkpoint=ckpt)
     scheduler = SCHEDULERS[name](opt)
     rates = []
-    for t, grad in enumerate(grads):
+    for grad in grads:
         before_plain, before = plain.detach().clone(), scheduled.detach().clone()
         plain.grad, scheduled.grad = grad.clone(), grad.clone()
         reference.step()
