@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,7 @@ from l2o_pipeline.optimizees.base import Batch, Task
 from l2o_pipeline.optimizers import learned
 from l2o_pipeline.optimizers.base import Optimizer
 from l2o_pipeline.optimizers.hand_designed import HandDesigned
+from l2o_pipeline.progress import Progress
 from l2o_pipeline.tricks import batch_instances
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def plan_chunks(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n
 
 @torch.no_grad()
 def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs: range,
-                    seed: int, n_steps: int, final_loss: str):
+                    seed: int, n_steps: int, final_loss: str, bar: Progress):
     """Curves ``[S, R, n_steps]`` and final losses ``[S, R]`` of one chunk."""
     instances, theta0 = _run_instances(task, seed, runs)
     btask = batch_instances(instances)
@@ -230,6 +231,7 @@ def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs:
         curves[:, :, t] = loss
         for stepper, (a, b) in zip(steppers, groups):
             stepper.step(grad[a:b], theta[a:b])
+        bar.update(1)
     # The same minibatches again, for the frozen final θ (as evaluate.run_optimizer).
     gens = generators()
     total, count = torch.zeros(S, R, device=device, dtype=dtype), 0
@@ -243,9 +245,10 @@ def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs:
 def evaluate_batched(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_runs: int,
                      seed: int = 0, final_loss: str = "average_over_seen",
                      memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-                     progress: Callable[[str, int], None] | None = None
+                     progress: bool | None = None, desc: str | None = None
                      ) -> dict[str, EvalResult]:
     """``evaluate.evaluate`` (same arguments, same results) as one batched computation.
+    Its progress counts steps of the chunks (one unit: one step of every row of a chunk).
 
     Hand-designed optimizers of one kind with equal hyper-parameters but their rates are
     stepped together, so a learning-rate grid is ``{f"adam@{lr}": Adam(lr) for lr in grid}``.
@@ -262,17 +265,16 @@ def evaluate_batched(task: Task, optimizers: Mapping[str, Optimizer], n_steps: i
     out_dtype = torch.get_default_dtype()  # as the sequential path's curves and finals
     curves = {name: torch.empty(n_runs, n_steps, dtype=out_dtype) for name in optimizers}
     finals = {name: torch.empty(n_runs, dtype=out_dtype) for name in optimizers}
-    for s0 in range(0, len(settings), plan.settings_per_chunk):
-        chunk = settings[s0:s0 + plan.settings_per_chunk]
-        for r0 in range(0, n_runs, plan.runs_per_chunk):
-            runs = range(r0, min(r0 + plan.runs_per_chunk, n_runs))
-            chunk_curves, chunk_finals = _evaluate_chunk(task, chunk, runs, seed, n_steps,
-                                                         final_loss)
-            chunk_curves, chunk_finals = chunk_curves.cpu(), chunk_finals.cpu()
-            for i, (name, _) in enumerate(chunk):
-                curves[name][runs.start:runs.stop] = chunk_curves[i]
-                finals[name][runs.start:runs.stop] = chunk_finals[i]
-                if progress is not None:
-                    for run in runs:
-                        progress(name, run)
+    with Progress(plan.n_chunks * n_steps, desc or f"evaluate {n_steps} steps", unit="step",
+                  enabled=progress) as bar:
+        for s0 in range(0, len(settings), plan.settings_per_chunk):
+            chunk = settings[s0:s0 + plan.settings_per_chunk]
+            for r0 in range(0, n_runs, plan.runs_per_chunk):
+                runs = range(r0, min(r0 + plan.runs_per_chunk, n_runs))
+                chunk_curves, chunk_finals = _evaluate_chunk(task, chunk, runs, seed, n_steps,
+                                                             final_loss, bar)
+                chunk_curves, chunk_finals = chunk_curves.cpu(), chunk_finals.cpu()
+                for i, (name, _) in enumerate(chunk):
+                    curves[name][runs.start:runs.stop] = chunk_curves[i]
+                    finals[name][runs.start:runs.stop] = chunk_finals[i]
     return {name: EvalResult(name, curves[name], finals[name]) for name in optimizers}

@@ -196,6 +196,7 @@ class Config:
     skip_if_done: bool = True
     debug_preset: str | None = None
     lock_timeout_s: float = 0.0
+    progress_every_s: float = 60.0
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     optimizee: OptimizeeConfig = field(default_factory=OptimizeeConfig)
     tricks: TricksConfig = field(default_factory=TricksConfig)
@@ -417,6 +418,9 @@ def validate_config(cfg: DictConfig) -> None:
     if not cfg.lock_timeout_s >= 0:  # also refuses NaN
         raise ConfigError(f"lock_timeout_s={cfg.lock_timeout_s!r} must be >= 0 (seconds to "
                           "wait for another process working in the run folder; 0: refuse)")
+    if not cfg.progress_every_s >= 0:
+        raise ConfigError(f"progress_every_s={cfg.progress_every_s!r} must be >= 0 (seconds "
+                          "between two progress lines off a terminal; 0: every update)")
 
     opt = cfg.optimizer
     _one_of("optimizer.name", opt.name, OPTIMIZERS)

@@ -15,6 +15,7 @@ import torch
 
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers.base import Optimizer
+from l2o_pipeline.progress import Progress
 
 FINAL_LOSS_RULES = ("average_over_seen", "last_batch")
 
@@ -100,21 +101,24 @@ def check_evaluation_args(optimizers: Mapping, n_steps: int, n_runs: int,
 
 def evaluate(task: Task, optimizers: Mapping[str, Optimizer], n_steps: int, n_runs: int,
              seed: int = 0, final_loss: str = "average_over_seen",
-             progress: Callable[[str, int], None] | None = None) -> dict[str, EvalResult]:
+             progress: bool | None = None, desc: str | None = None) -> dict[str, EvalResult]:
     """Paired comparison of ``optimizers`` on ``task`` over ``n_runs`` runs of ``n_steps``.
 
-    One run and one optimizer at a time: the reference for ``batched.evaluate_batched``."""
+    One run and one optimizer at a time: the reference for ``batched.evaluate_batched``.
+    ``progress``, ``desc``: as :class:`l2o_pipeline.progress.Progress` (one unit: one step of
+    one optimizer in one run)."""
     check_evaluation_args(optimizers, n_steps, n_runs, final_loss)
     curves = {name: torch.empty(n_runs, n_steps) for name in optimizers}
     finals = {name: torch.empty(n_runs) for name in optimizers}
-    for run in range(n_runs):
-        gen = torch.Generator().manual_seed(run_seed(seed, run, 0))
-        instance = task.sample_instance(gen)
-        theta0 = instance.init_params(gen)
-        batch_seed = run_seed(seed, run, 1)
-        for name, opt in optimizers.items():
-            curve, final = run_optimizer(instance, opt, theta0, batch_seed, n_steps, final_loss)
-            curves[name][run], finals[name][run] = curve, final
-            if progress is not None:
-                progress(name, run)
+    with Progress(n_runs * len(optimizers) * n_steps, desc or f"evaluate {n_steps} steps",
+                  unit="step", enabled=progress) as bar:
+        for run in range(n_runs):
+            gen = torch.Generator().manual_seed(run_seed(seed, run, 0))
+            instance = task.sample_instance(gen)
+            theta0 = instance.init_params(gen)
+            batch_seed = run_seed(seed, run, 1)
+            for name, opt in optimizers.items():
+                curve, final = run_optimizer(instance, opt, theta0, batch_seed, n_steps,
+                                             final_loss, on_step=lambda t: bar.update(1))
+                curves[name][run], finals[name][run] = curve, final
     return {name: EvalResult(name, curves[name], finals[name]) for name in optimizers}

@@ -39,6 +39,7 @@ NOT_SEMANTIC = {
     "save_memory": "float rounding at most",
     "skip_if_done": "what to do with a finished folder, not what it computes",
     "lock_timeout_s": "how long to wait for another process working in the folder",
+    "progress_every_s": "how often progress is shown, not what is computed",
     "evaluation.engine": "batched and sequential evaluation agree (float64: to 1e-12)",
     "evaluation.memory_budget_gb": "how the batched evaluation is chunked, not what it computes",
     "logger": "reporting only",

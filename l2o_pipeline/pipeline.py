@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from l2o_pipeline import progress
 from l2o_pipeline.baselines import resolve_lr, scan_tuning, task_key
 from l2o_pipeline.batched import evaluate_batched
 from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, resolve_checkpoint
@@ -26,6 +27,7 @@ from l2o_pipeline.config import (
     optimizer_keys,
     validate_config,
 )
+from l2o_pipeline.eval_metrics import log_evaluation
 from l2o_pipeline.evaluate import DIVERGED_RULE, evaluate
 from l2o_pipeline.fingerprint import check_run_folder, semantic_config, write_fingerprint
 from l2o_pipeline.meta import load_training_state, meta_train
@@ -39,6 +41,7 @@ from l2o_pipeline.records import (
     write_json,
     write_text,
 )
+from l2o_pipeline.tracking import model_artifact_name
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 log = logging.getLogger(__name__)
@@ -181,6 +184,7 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     done.unlink(missing_ok=True)  # only now: a failed check leaves a finished run finished
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    progress.configure(every_s=cfg.progress_every_s)
     learned.set_compile(cfg.compile)
     learned.set_memory_saving(cfg.save_memory)
     config = config_dict(cfg)
@@ -365,8 +369,9 @@ def _meta_train_stage(cfg, device, out, config, writer, resumed, should_stop):
                         "meta/best_iteration": result.selection["best_iteration"],
                         "meta/best_score": result.selection["best_score"]})
         if result.best_checkpoint is not None:
-            writer.log_artifact(result.best_checkpoint, f"{opt.name}-{cfg.seed}", "model",
-                                metadata=result.selection)
+            writer.log_artifact(result.best_checkpoint, model_artifact_name(
+                opt.name, config["logger"]["wandb"].get("group"), cfg.seed), "model",
+                metadata=result.selection)
     return result
 
 
@@ -501,11 +506,5 @@ def _evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs) -> float
             log.debug("plotting failed", exc_info=True)
         else:
             writer.log_image(f"eval/loss_curves_{horizon}", png)
-        writer.log_table(f"eval/final_loss_{horizon}",
-                         ["horizon", "optimizer", "lr", "final_loss_mean", "final_loss_std",
-                          "n_diverged"],
-                         [[horizon, k, v["lr"], v["final_loss_mean"], v["final_loss_std"],
-                           v["n_diverged"]] for k, v in block.items()])
-        writer.summary({f"eval/{horizon}/{k}/final_loss": v["final_loss_mean"]
-                        for k, v in block.items()})
+        log_evaluation(writer, horizon, name, block, curves)
     return headline

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
             ``CheckpointError`` (a ``ValueError``) naming the file and what is accepted.
         device: where the network is loaded (default: the first parameter's device). Each
             step runs it on the device of the parameters it updates.
-        lr_scale: per-group multiplier on the network's update, θ ← θ + lr_scale·Δθ
-            (default 1.0: the update the network was meta-trained to make). RNNprop's
-            Δθ = −α·tanh(·) moves each coordinate by at most α = 0.1 per step, so lr_scale
-            scales that bound; DMoptimizer's Δθ is 0.1 × a linear output. It does not enter
-            the network (whose inputs are gradients only), so its state evolves the same way
-            whatever the scale; values far from 1 leave the regime the network was trained in.
+        lr: per-group multiplier on the network's update, θ ← θ + lr·Δθ (default 1.0: the
+            update the network was meta-trained to make). RNNprop's Δθ = −α·tanh(·) moves
+            each coordinate by at most α = 0.1 per step, so lr scales that bound;
+            DMoptimizer's Δθ is 0.1 × a linear output. It does not enter the network (whose
+            inputs are gradients only), so its state evolves the same way whatever the lr;
+            values far from 1 leave the regime the network was trained in. Being the group's
+            ``lr``, it is what ``torch.optim.lr_scheduler`` schedules (a schedule of
+            multipliers: ``OneCycleLR(opt, max_lr=1.0, ..., cycle_momentum=False)``, since
+            there is no momentum to cycle).
+        lr_scale: deprecated alias of ``lr`` (also as a group key); a FutureWarning.
         maximize: per group, ascend the objective instead of descending it.
 
     Parameters whose ``grad`` is None are skipped (their state does not advance). Sparse
@@ -112,8 +117,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, checkpoint: Any = DEFAULT_CHECKPOINT,
-                 device: str | torch.device | None = None, lr_scale: float = 1.0,
-                 maximize: bool = False):
+                 device: str | torch.device | None = None, lr: float = 1.0,
+                 maximize: bool = False, lr_scale: float | None = None):
+        if lr_scale is not None:
+            _warn_lr_scale()
+            lr = lr_scale
         params = _materialize(params)
         if device is None:
             device = _first_device(params)
@@ -130,19 +138,26 @@ class LearnedOptimizer(torch.optim.Optimizer):
                                   for a, per_coord in zip(small, self._per_coord))
         self._slots = _slot_names(network, len(small))
         self._networks: dict[tuple[torch.device, torch.dtype], _Network] = {}
-        super().__init__(params, dict(lr_scale=lr_scale, maximize=maximize))
+        super().__init__(params, dict(lr=lr, maximize=maximize))
 
     # ------------------------------------------------------------------ torch.optim API
 
     def add_param_group(self, param_group: dict) -> None:
+        if "lr_scale" in param_group:
+            _warn_lr_scale()
+            if "lr" in param_group:
+                raise ValueError("a parameter group gives both lr and lr_scale (its deprecated "
+                                 "alias); give lr only")
+            param_group = {**param_group, "lr": param_group["lr_scale"]}
+            del param_group["lr_scale"]
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        scale = group["lr_scale"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or \
-                not math.isfinite(scale) or scale < 0:
+        lr = group["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or \
+                not math.isfinite(lr) or lr < 0:
             self.param_groups.pop()
-            raise ValueError(f"lr_scale must be a finite number >= 0 (a multiplier on the "
-                             f"learned update; 1.0 = as meta-trained), got {scale!r}")
+            raise ValueError(f"lr must be a finite number >= 0 (a multiplier on the learned "
+                             f"update; 1.0 = as meta-trained), got {lr!r}")
         for p in group["params"]:
             if not p.is_floating_point():
                 self.param_groups.pop()
@@ -176,6 +191,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """As ``torch.optim``, but the recurrent state keeps its own dtype (float32 at least)
         instead of being cast to the parameters' dtype, so a resume is exact."""
+        # Saved before lr replaced lr_scale: the same multiplier under its new name.
+        state_dict = {**state_dict, "param_groups": [
+            {("lr" if k == "lr_scale" else k): v for k, v in g.items()}
+            for g in state_dict["param_groups"]]}
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_state = state_dict["state"]
         params = [p for g in self.param_groups for p in g["params"]]
@@ -276,7 +295,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             entry[1].append(p)
             entry[2].append(u.view(p.shape).to(p.dtype))
         for group, ps, us in by_group.values():
-            torch._foreach_add_(ps, us, alpha=group["lr_scale"])
+            torch._foreach_add_(ps, us, alpha=float(group["lr"]))  # a scheduler's lr too
+
+
+def _warn_lr_scale() -> None:
+    warnings.warn("LearnedOptimizer's lr_scale is now lr (the same multiplier, the key "
+                  "torch.optim.lr_scheduler schedules); lr_scale will be removed",
+                  FutureWarning, stacklevel=3)
 
 
 def _state_dtype(p: torch.Tensor) -> torch.dtype:

@@ -14,6 +14,7 @@ logging are reported once and swallowed by :class:`MultiWriter`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +61,18 @@ def _new_run_id() -> str:
 def _artifact_name(name: str) -> str:
     # W&B artifact names allow only alphanumerics, '-', '_' and '.'.
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "artifact"
+
+
+def model_artifact_name(optimizer: str, cell: str | None, seed: int) -> str:
+    """The W&B artifact of a meta-trained optimizer: one per grid cell and seed (its versions:
+    relaunches of that cell), e.g. ``rnnprop-experiment-rnnprop_no_rs-seed0``. W&B names
+    hold at most 128 characters: a longer one keeps its start and a hash of the whole."""
+    cell = cell or "default"
+    name = _artifact_name(f"{cell}-seed{seed}" if f"optimizer={optimizer}" in cell.split(",")
+                          else f"{optimizer}-{cell}-seed{seed}")
+    if len(name) > 128:
+        name = f"{name[:119]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def resolve_wandb_mode(mode: str | None) -> str:
@@ -118,6 +131,10 @@ class Writer:
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
         pass
+
+    def log_curves(self, step_key: str, steps: list[int], series: dict[str, list]) -> None:
+        """Curves over their own x axis ``step_key`` (not the run's step): ``series[k][i]``
+        is curve ``k`` at ``steps[i]``."""
 
     def log_artifact(
         self, path: str | Path, name: str, type: str, metadata: dict | None = None
@@ -275,7 +292,8 @@ class WandbWriter(Writer):
         t0 = time.monotonic()
         try:
             self.run = wandb.init(
-                mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs
+                mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True),
+                **kwargs,
             )
         except Exception as err:
             if self.mode != "online":
@@ -311,7 +329,7 @@ class WandbWriter(Writer):
         except Exception:  # best effort; the init below reports the real problem
             log.debug("wandb.teardown() failed", exc_info=True)
         try:
-            return wandb.init(mode="offline", **kwargs)
+            return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
         except Exception as err:
             # A service we do not own (WANDB_SERVICE inherited from a parent process) survives
             # teardown and still holds the id. An offline run under a new id beats none; the
@@ -322,7 +340,8 @@ class WandbWriter(Writer):
                 self.run_id, str(err).splitlines()[0][:200], new_id,
             )  # fmt: skip
             self.run_id = new_id
-            return wandb.init(mode="offline", **dict(kwargs, id=new_id))
+            return wandb.init(mode="offline", settings=wandb.Settings(silent=True),
+                              **dict(kwargs, id=new_id))
 
     @property
     def run_dir(self) -> Path | None:
@@ -355,6 +374,17 @@ class WandbWriter(Writer):
     def log_image(self, name: str, path: str | Path) -> None:
         if self.run is not None:
             self.run.log({name: self._wandb.Image(str(path))}, commit=False)
+
+    def log_curves(self, step_key: str, steps: list[int], series: dict[str, list]) -> None:
+        if self.run is None:
+            return
+        # Their own x axis, so a dashboard plots loss against the optimizee's step; rows are
+        # logged without step=, each one a new W&B step after the run's last one.
+        self.run.define_metric(step_key)
+        for key in series:
+            self.run.define_metric(key, step_metric=step_key)
+        for i, step in enumerate(steps):
+            self.run.log({step_key: step, **{k: v[i] for k, v in series.items()}})
 
     def log_artifact(
         self, path: str | Path, name: str, type: str, metadata: dict | None = None
@@ -416,6 +446,9 @@ class MultiWriter(Writer):
 
     def log_image(self, name: str, path: str | Path) -> None:
         self._each("log_image", name, path)
+
+    def log_curves(self, step_key: str, steps: list[int], series: dict[str, list]) -> None:
+        self._each("log_curves", step_key, steps, series)
 
     def close(self) -> None:
         self._each("close")

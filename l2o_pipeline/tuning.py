@@ -57,11 +57,14 @@ def _evaluate_rates(task: Task, optimizer: HandDesigned, lrs: Sequence[float], n
                     n_runs: int, seed: int, final_loss: str, engine: str,
                     memory_budget_gb: float) -> list[dict]:
     grid = {f"{optimizer.name}@{lr:.10g}": optimizer.with_lr(lr) for lr in lrs}
+    desc = f"tune {optimizer.name} ({len(lrs)} rates x {n_runs} runs) {n_steps} steps"
     if engine == "sequential":
-        results = evaluate(task, grid, n_steps, n_runs, seed=seed, final_loss=final_loss)
+        results = evaluate(task, grid, n_steps, n_runs, seed=seed, final_loss=final_loss,
+                           desc=desc)
     else:
         results = evaluate_batched(task, grid, n_steps, n_runs, seed=seed,
-                                   final_loss=final_loss, memory_budget_gb=memory_budget_gb)
+                                   final_loss=final_loss, memory_budget_gb=memory_budget_gb,
+                                   desc=desc)
     return [_row(lr, results[key]) for lr, key in zip(lrs, grid)]
 
 

@@ -185,10 +185,15 @@ def test_local_multirun_gives_one_wandb_run_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = cli("-m", *DEBUG, "logger=default", "stage=meta_train",
                "optimizer=rnnprop,dmoptimizer", "seed=0,1", f"hydra.sweep.dir={sweep}",
-               "meta_train.n_iterations=2", env={"WANDB_MODE": "offline"}, timeout=600)
+               "meta_train.n_iterations=2", env={"WANDB_MODE": "offline", "WANDB_SILENT": "false"},
+               timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [load_run(d) for d in sorted(sweep.glob("*/seed_*/wandb/offline-run-*"))]
     assert len(runs) == 4
+    # the console is the user's: no W&B boilerplate, one line per run on where it is
+    console = (proc.stdout + proc.stderr).splitlines()
+    assert not [ln for ln in console if ln.startswith("wandb:")]
+    assert len([ln for ln in console if "upload with: wandb sync" in ln]) == 4
     # group = the grid cell: the overrides without the seed (and without logger, stage and
     # the meta-training length, which are not part of a cell's name); debug is part of it
     assert {r["group"] for r in runs} == {"debug=default,optimizer=rnnprop",

@@ -123,7 +123,7 @@ def test_one_batched_network_call_per_step(ckpt, monkeypatch):
     torch.manual_seed(0)
     model = convnet()
     opt = LearnedOptimizer([{"params": model[1].parameters()},
-                            {"params": model[4].parameters(), "lr_scale": 0.5}],
+                            {"params": model[4].parameters(), "lr": 0.5}],
                            checkpoint=ckpt)
     calls = []
     step = opt.network.step
@@ -169,7 +169,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(ckpt):
         torch.manual_seed(0)
         model = mlp()
         groups = [{"params": model[2].parameters()},
-                  {"params": model[4].parameters(), "lr_scale": 0.5}]
+                  {"params": model[4].parameters(), "lr": 0.5}]
         return model, LearnedOptimizer(groups, checkpoint=ckpt)
 
     model, opt = fresh()
@@ -188,7 +188,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(ckpt):
     train(model, opt, indices[:2])  # a different state, overwritten by the load
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["opt"])
-    assert [g["lr_scale"] for g in opt.param_groups] == [1.0, 0.5]
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 0.5]
     train(model, opt, indices[5:])
 
     for p, q in zip(model.parameters(), expected_params):
@@ -229,8 +229,8 @@ def test_copy_keeps_the_network(ckpt):
 
 def test_parameter_groups(ckpt):
     p_full, p_half, p_frozen, p_max = (nn.Parameter(torch.zeros(6)) for _ in range(4))
-    opt = LearnedOptimizer([{"params": [p_full]}, {"params": [p_half], "lr_scale": 0.5},
-                            {"params": [p_frozen], "lr_scale": 0.0},
+    opt = LearnedOptimizer([{"params": [p_full]}, {"params": [p_half], "lr": 0.5},
+                            {"params": [p_frozen], "lr": 0.0},
                             {"params": [p_max], "maximize": True}], checkpoint=ckpt)
     torch.manual_seed(0)
     grad = torch.randn(6)
@@ -244,14 +244,14 @@ def test_parameter_groups(ckpt):
     assert torch.equal(p_max, p_full)
 
     extra = nn.Parameter(torch.zeros(2))
-    opt.add_param_group({"params": [extra], "lr_scale": 2.0})
+    opt.add_param_group({"params": [extra], "lr": 2.0})
     assert opt.param_groups[-1]["maximize"] is False  # defaults filled in
     for bad in (-1.0, float("nan"), "1"):
-        with pytest.raises(ValueError, match="lr_scale"):
-            opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "lr_scale": bad})
+        with pytest.raises(ValueError, match="lr must be a finite number"):
+            opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "lr": bad})
     assert len(opt.param_groups) == 5
-    with pytest.raises(ValueError, match="lr_scale"):
-        LearnedOptimizer([extra], checkpoint=ckpt, lr_scale=float("inf"))
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        LearnedOptimizer([extra], checkpoint=ckpt, lr=float("inf"))
 
 
 def test_params_without_grad_are_skipped(ckpt):
@@ -410,3 +410,62 @@ def test_packaged_default():
     before = full_loss(model)
     train(model, opt, batches(40))
     assert full_loss(model) < before
+
+
+# ------------------------------------------------------------------------------ schedulers
+
+SCHEDULERS = {
+    "StepLR": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+    "LambdaLR": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k)),
+    "CosineAnnealingLR": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6),
+    # no momentum to cycle: a learned optimizer has none
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=1.0, total_steps=6, cycle_momentum=False),
+    "ReduceLROnPlateau": lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=0),
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_lr_schedulers_scale_the_learned_update(name, ckpt):
+    """A scheduled run's update at each step is its lr at that step times the update of an
+    unscheduled lr=1 run on the same gradients (the network's state does not see lr)."""
+    torch.manual_seed(0)
+    grads = [torch.randn(5) for _ in range(6)]
+    plain, scheduled = nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(5))
+    reference = LearnedOptimizer([plain], checkpoint=ckpt)
+    opt = LearnedOptimizer([scheduled], checkpoint=ckpt)
+    scheduler = SCHEDULERS[name](opt)
+    rates = []
+    for grad in grads:
+        before_plain, before = plain.detach().clone(), scheduled.detach().clone()
+        plain.grad, scheduled.grad = grad.clone(), grad.clone()
+        reference.step()
+        opt.step()
+        rates.append(opt.param_groups[0]["lr"])
+        torch.testing.assert_close(scheduled - before, rates[-1] * (plain - before_plain))
+        if name == "ReduceLROnPlateau":
+            scheduler.step(1.0)  # a loss that never improves: lr halves
+        else:
+            scheduler.step()
+    assert len(set(rates)) > 2 and rates != [1.0] * len(rates)  # the schedule changed lr
+    assert reference.param_groups[0]["lr"] == 1.0
+
+
+def test_lr_scale_is_a_deprecated_alias_of_lr(ckpt):
+    a, b, c = (nn.Parameter(torch.zeros(3)) for _ in range(3))
+    with pytest.warns(FutureWarning, match="lr_scale is now lr"):
+        opt = LearnedOptimizer([a], checkpoint=ckpt, lr_scale=0.5)
+    assert opt.param_groups[0]["lr"] == 0.5 and "lr_scale" not in opt.param_groups[0]
+    with pytest.warns(FutureWarning, match="lr_scale is now lr"):
+        opt.add_param_group({"params": [b], "lr_scale": 0.25})
+    assert opt.param_groups[1]["lr"] == 0.25
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="both lr and lr_scale"):
+        opt.add_param_group({"params": [c], "lr": 1.0, "lr_scale": 0.5})
+    # a state dict saved when the key was lr_scale loads as lr
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        group["lr_scale"] = group.pop("lr")
+    fresh = LearnedOptimizer([{"params": [a]}, {"params": [b]}], checkpoint=ckpt)
+    fresh.load_state_dict(old)
+    assert [g["lr"] for g in fresh.param_groups] == [0.5, 0.25]

@@ -1,4 +1,4 @@
-"""Tracking: JSONL always on, W&B offline runs read back from their ``.wandb`` logs.
+"""Tracking: JSONL always on, W&B offline runs read back with ``wandb leet inspect --json``.
 
 No autouse fixtures: tests that touch W&B request ``wandb_env`` (or call ``_wandb_env``) so
 that the mode is set per test and nothing is written to $HOME.
@@ -261,9 +261,10 @@ def test_offline_run_roundtrip(tmp_path, wandb_env, caplog):
         "name": "ckpt-rnnprop-seed-0",
         "type": "model",
         "metadata": {"step": 2},
+        "aliases": ["latest"],
         "files": ["ckpt.pt"],
     } in run["artifacts"]
-    # The reader parses wandb internals: cross-check it once against wandb's own CLI.
+    # The reader merges leet's records itself: cross-check it with leet's own summary.
     leet = subprocess.run(
         [sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json",
          str(reader.run_dirs(out)[0])],

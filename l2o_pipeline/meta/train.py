@@ -25,6 +25,7 @@ from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers.base import State, detach_state
 from l2o_pipeline.optimizers.learned import LearnedOptimizer
+from l2o_pipeline.progress import Progress
 from l2o_pipeline.records import move_aside, save_torch
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def meta_train(
             score = progress_state["ema"]
         elif settings.selection == "validation":
             results = evaluate(validation_task, {"model": model}, settings.validation_steps,
-                               settings.validation_runs, seed=seed + 1)
+                               settings.validation_runs, seed=seed + 1, progress=False)
             # The mean over the finite runs, not the summary's mean (which also leaves out
             # runs far above their initial loss): a resumed meta-training must score its
             # checkpoints as it did before that rule existed.
@@ -209,63 +210,61 @@ def meta_train(
 
     start = time.perf_counter() - progress_state["elapsed"]
     interrupted = False
-    bar = _progress_bar(settings.n_iterations, progress_state["iteration"], progress)
-    while progress_state["iteration"] < settings.n_iterations:
-        it = progress_state["iteration"]
-        instance = task.sample_instance(generator)
-        theta = instance.init_params(generator).to(device)
-        state = model.init_state(theta.numel(), device, theta.dtype)
-        period_losses = []
-        for _ in range(n_periods):
-            theta, state = theta.detach(), detach_state(state)
-            if settings.second_order:
-                theta.requires_grad_(True)
-            surrogate, value, theta, state = truncated_meta_loss(
-                model, instance, theta, state, generator, weights, settings.second_order)
-            meta_opt.zero_grad(set_to_none=True)
-            if surrogate.requires_grad:
-                surrogate.backward()
-            # One host sync per period for the whole check (it is per step nowhere).
-            finite = [torch.isfinite(value)] + [torch.isfinite(p.grad).all()
-                                                for p in model.parameters() if p.grad is not None]
-            if not bool(torch.stack(finite).all()):
-                # Never let a non-finite loss or gradient touch φ: skip and restart the run.
-                progress_state["nonfinite_skips"] += 1
-                log.warning("non-finite meta-loss or meta-gradient at iteration %d: update "
-                            "skipped, optimizee run restarted (%d so far)", it,
-                            progress_state["nonfinite_skips"])
-                period_losses = []
+    with Progress(settings.n_iterations, "meta-train", initial=progress_state["iteration"],
+                  enabled=progress) as bar:
+        while progress_state["iteration"] < settings.n_iterations:
+            it = progress_state["iteration"]
+            instance = task.sample_instance(generator)
+            theta = instance.init_params(generator).to(device)
+            state = model.init_state(theta.numel(), device, theta.dtype)
+            period_losses = []
+            for _ in range(n_periods):
+                theta, state = theta.detach(), detach_state(state)
+                if settings.second_order:
+                    theta.requires_grad_(True)
+                surrogate, value, theta, state = truncated_meta_loss(
+                    model, instance, theta, state, generator, weights, settings.second_order)
+                meta_opt.zero_grad(set_to_none=True)
+                if surrogate.requires_grad:
+                    surrogate.backward()
+                # One host sync per period for the whole check (it is per step nowhere).
+                finite = [torch.isfinite(value)] + [
+                    torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
+                if not bool(torch.stack(finite).all()):
+                    # Never let a non-finite loss or gradient touch φ: skip, restart the run.
+                    progress_state["nonfinite_skips"] += 1
+                    log.warning("non-finite meta-loss or meta-gradient at iteration %d: update "
+                                "skipped, optimizee run restarted (%d so far)", it,
+                                progress_state["nonfinite_skips"])
+                    period_losses = []
+                    break
+                meta_opt.step()
+                period_losses.append(value.item())
+            it += 1
+            progress_state["iteration"] = it
+            if period_losses:
+                loss = sum(period_losses) / len(period_losses)
+                progress_state["losses"].append(loss)
+                ema = progress_state["ema"]
+                progress_state["ema"] = loss if ema is None else (
+                    settings.ema_decay * ema + (1 - settings.ema_decay) * loss)
+                if writer is not None and (it % settings.log_every == 0 or it == 1):
+                    writer.log({"meta/loss": loss, "meta/loss_ema": progress_state["ema"],
+                                "meta/nonfinite_skips": progress_state["nonfinite_skips"]},
+                               step=it)
+            bar.update(1, **({"loss": loss, "ema": progress_state["ema"]} if period_losses
+                             else {}))
+            if it % settings.checkpoint_every == 0 or it == settings.n_iterations:
+                select(it)
+            progress_state["elapsed"] = time.perf_counter() - start
+            if it % settings.state_every == 0 or it == settings.n_iterations or it % \
+                    settings.checkpoint_every == 0:
+                save_state()
+            if should_stop() and it < settings.n_iterations:
+                save_state()
+                interrupted = True
+                log.info("stop requested: state saved at iteration %d in %s", it, out)
                 break
-            meta_opt.step()
-            period_losses.append(value.item())
-        it += 1
-        progress_state["iteration"] = it
-        if period_losses:
-            loss = sum(period_losses) / len(period_losses)
-            progress_state["losses"].append(loss)
-            ema = progress_state["ema"]
-            progress_state["ema"] = loss if ema is None else (
-                settings.ema_decay * ema + (1 - settings.ema_decay) * loss)
-            if writer is not None and (it % settings.log_every == 0 or it == 1):
-                writer.log({"meta/loss": loss, "meta/loss_ema": progress_state["ema"],
-                            "meta/nonfinite_skips": progress_state["nonfinite_skips"]}, step=it)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4g}", ema=f"{progress_state['ema']:.4g}")
-        if bar is not None:
-            bar.update(1)
-        if it % settings.checkpoint_every == 0 or it == settings.n_iterations:
-            select(it)
-        progress_state["elapsed"] = time.perf_counter() - start
-        if it % settings.state_every == 0 or it == settings.n_iterations or it % \
-                settings.checkpoint_every == 0:
-            save_state()
-        if should_stop() and it < settings.n_iterations:
-            save_state()
-            interrupted = True
-            log.info("stop requested: state saved at iteration %d in %s", it, out)
-            break
-    if bar is not None:
-        bar.close()
 
     final = None
     if not interrupted:
@@ -283,16 +282,6 @@ def meta_train(
                    "best_score": progress_state["best_score"]},
         seconds=progress_state["elapsed"],
     )
-
-
-def _progress_bar(total: int, initial: int, enabled: bool | None):
-    if enabled is False:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: quiet when stderr is not a terminal (SLURM logs, CI).
-    return tqdm(total=total, initial=initial, desc="meta-train", unit="it", dynamic_ncols=True,
-                disable=None if enabled is None else not enabled, mininterval=1.0)
 
 
 def _save_training_state(out: Path, obj: dict) -> None:
