@@ -235,11 +235,6 @@ def _positive(key: str, value, integer: bool = False, at_most: float | None = No
         raise ConfigError(f"{key}={value!r} is absurdly large; it must be at most {at_most:g}")
 
 
-def optimizer_keys(name: str) -> tuple[str, ...]:
-    """The ``optimizer.*`` keys that optimizer ``name`` takes (its schema's)."""
-    return registry.optimizer(name).keys
-
-
 def option_keys(node: DictConfig) -> dict:
     """An ``optimizer`` / ``optimizee`` node's keys but ``name``: its constructor's arguments."""
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}

@@ -10,7 +10,8 @@ Folders written before fingerprints existed are fingerprinted from their
 Format v2 records hold each option's own keys (its schema, ``l2o_pipeline.registry``). v1
 records, and configs written before fingerprints, held the union of every option's keys, null
 where they did not apply, and null where an option took its constructor's default; both are
-read in today's form (:func:`per_option`), so that their folders are still accepted.
+read in today's form (:func:`per_option`), so that their folders are still accepted. Of the
+tricks, only the enabled ones are semantic.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def semantic_config(config: dict) -> dict:
     for key in [*NOT_SEMANTIC, *NOT_READ_BY_STAGE.get(config.get("stage"), {})]:
         _drop(semantic, key)
     registry.load_builtins()
+    _enabled_tricks_only(semantic)
     if (config.get("stage") == "evaluate"
             and config["optimizer"]["name"] in registry.learned_optimizers):
         # A learned optimizer is evaluated with its checkpoint's own hyper-parameters.
@@ -140,6 +142,7 @@ def per_option(config: dict) -> dict:
     default (null meant "the constructor's default", which the schema now states). Anything
     else is kept as it was, so that a real difference still shows."""
     config = copy.deepcopy(config)
+    _enabled_tricks_only(config)
     for group in ("optimizer", "optimizee"):
         node = config.get(group)
         entry = _option(group, node.get("name")) if isinstance(node, dict) else None
@@ -154,6 +157,15 @@ def per_option(config: dict) -> dict:
             elif defaults[key] not in (None, "???"):
                 node[key] = defaults[key]
     return _canonical(config)
+
+
+def _enabled_tricks_only(config: dict) -> None:
+    """Keep only the enabled tricks under ``tricks``: a disabled one is never applied, so its
+    settings decide nothing (and registering a new trick changes no folder's fingerprint)."""
+    tricks = config.get("tricks")
+    if isinstance(tricks, dict):
+        config["tricks"] = {name: node for name, node in tricks.items()
+                            if isinstance(node, dict) and node.get("enabled")}
 
 
 def _option(group: str, name) -> registry.Entry | None:

@@ -1,8 +1,9 @@
-"""A new learned optimizer and a new optimizee, declared in this module alone (one class and
-one config entry each), meta-trained and evaluated through the normal entrypoint.
+"""A new learned optimizer, a new optimizee and a new trick, declared in this module alone
+(one class or function and one config entry each), meta-trained and evaluated through the
+normal entrypoint.
 
 The learned optimizer is a per-coordinate MLP with no recurrent state, the optimizee a noisy
-bowl: neither needs a line in the package.
+bowl, the trick a fixed rescaling of the coordinates: none needs a line in the package.
 """
 
 from __future__ import annotations
@@ -62,20 +63,47 @@ class NoisyBowl(Task):
         return (self.weight * (params - batch.to(params.dtype)) ** 2).mean()
 
 
+class Rescaled(Task):
+    """f(c·θ) from θ0 / c, one fixed c for every coordinate (a task with no per-run draws:
+    the batched evaluation vmaps it as it is)."""
+
+    def __init__(self, task: Task, c: float):
+        self.task, self.c, self.n_params, self.name = task, c, task.n_params, f"{task.name}*{c:g}"
+
+    def init_params(self, generator):
+        return self.task.init_params(generator) / self.c
+
+    def sample_batch(self, generator):
+        return self.task.sample_batch(generator)
+
+    def loss(self, params, batch):
+        return self.task.loss(params * self.c, batch)
+
+
+@registry.tricks.register("toy_rescale", label="toy rescaling")
+def toy_rescale(task: Task, c: float = 2.0) -> Task:
+    check_positive("c", c)
+    return Rescaled(task, c)
+
+
 # The config entries: each option with its schema's defaults (a YAML file in conf/ would do).
 ConfigStore.instance().store(group="optimizer", name="toy_mlp",
                              node=registry.learned_optimizers["toy_mlp"].schema)
 ConfigStore.instance().store(group="optimizee", name="toy_bowl",
                              node=registry.optimizees["toy_bowl"].schema)
+ConfigStore.instance().store(group="tricks", name="toy_rescale",
+                             node={"toy_rescale": {"enabled": True}})
 
-TINY = ["optimizer=toy_mlp", "optimizee=toy_bowl", "logger=none",
+TINY = ["optimizer=toy_mlp", "optimizee=toy_bowl", "tricks=[toy_rescale]",
+        "logger=none",
         "meta_train.n_iterations=4", "meta_train.checkpoint_every=2", "meta_train.log_every=1",
         "horizon.steps_per_run=10", "horizon.unroll=5", "horizon.eval_steps=[10]",
         "evaluation.n_runs=3", "evaluation.baselines.adam=0.05"]
 
 
 def test_a_new_optimizer_and_task_meta_train_and_evaluate_through_the_entrypoint(
-        make_cfg, tmp_path):
+        make_cfg, tmp_path, caplog):
+    caplog.set_level("INFO")
     out = tmp_path / "run"
     metric = run(make_cfg(*TINY, "optimizer.hidden=4"))
     summary = json.loads((out / "eval" / "summary.json").read_text())
@@ -89,6 +117,7 @@ def test_a_new_optimizer_and_task_meta_train_and_evaluate_through_the_entrypoint
     meta = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len([m for m in meta if "meta/loss" in m]) == 4  # one line per meta-iteration
     assert json.loads((out / "DONE").read_text())["iterations"] == 4
+    assert "meta-training toy_mlp on toy_bowl6*2 " in caplog.text  # the trick was applied
     assert (registry.label("toy_mlp"), registry.color("toy_mlp")) == ("toy MLP", "C5")
     assert registry.label("toy_bowl") == "toy bowl"
 
@@ -96,6 +125,7 @@ def test_a_new_optimizer_and_task_meta_train_and_evaluate_through_the_entrypoint
 @pytest.mark.parametrize("override, key", [
     ("optimizer.scale=0", "optimizer.scale"),  # the constructor's own check, under its key
     ("optimizee.dim=0", "optimizee.dim"),
+    ("tricks.toy_rescale.c=-1", "tricks.toy_rescale.c"),
 ])
 def test_a_new_options_values_are_checked_before_any_work(make_cfg, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -83,7 +83,7 @@ def test_the_legacy_layout_is_read_as_what_ran():
     ("optimizee.hidden=40", "optimizee.hidden", "20", "40"),
     ("optimizer=dmoptimizer", "optimizer.name", "rnnprop", "dmoptimizer"),
     ("meta_train.meta_lr=1e-3", "meta_train.meta_lr", "0.0001", "0.001"),
-    ("tricks=[random_scaling]", "tricks.convex_combination.enabled", "True", "False"),
+    ("tricks=[random_scaling]", "tricks.convex_combination.enabled", "True", "<absent>"),
     ("debug=default", "debug_preset", "None", "default"),
     ("horizon.unroll=10", "horizon.unroll", "20", "10"),
 ])
