@@ -260,7 +260,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             else:
                 sources += [row.view(s[name].shape)
                             for row, s in zip(new.index_select(0, starts), states)]
-        torch._foreach_copy_(targets, sources)
+        if targets:  # a network without state (a per-coordinate MLP) has none to copy
+            torch._foreach_copy_(targets, sources)
         for state in states:
             state["step"] += 1
 

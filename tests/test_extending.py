@@ -15,6 +15,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from torch import nn
 
+from l2o_pipeline import LearnedOptimizer as TorchLearnedOptimizer
 from l2o_pipeline import registry
 from l2o_pipeline.checkpoint import load_optimizer
 from l2o_pipeline.config import ConfigError
@@ -114,6 +115,12 @@ def test_a_new_optimizer_and_task_meta_train_and_evaluate_through_the_entrypoint
         "hidden": 4, "scale": 0.05}
     model, payload = load_optimizer(out / "best.pt")  # its checkpoint class, from the registry
     assert isinstance(model, CoordinateMLP) and payload["class"] == "toy_mlp"
+    # ... and it drops into torch.optim like the packaged ones
+    weight = nn.Parameter(torch.ones(3))
+    opt = TorchLearnedOptimizer([weight], checkpoint=out)
+    (weight ** 2).sum().backward()
+    opt.step()
+    assert torch.equal(weight.detach(), 1 + model.step(torch.full((3,), 2.0), ())[0].detach())
     meta = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len([m for m in meta if "meta/loss" in m]) == 4  # one line per meta-iteration
     assert json.loads((out / "DONE").read_text())["iterations"] == 4
