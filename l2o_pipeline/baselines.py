@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from l2o_pipeline.records import read_json_record, write_json
+from l2o_pipeline.records import read_json_record
 
 # The √2 grid of spec §4: 2^(-k/2) for k = 0..26 (1.0 down to ~1.2e-4).
 LR_GRID = tuple(2.0 ** (-k / 2) for k in range(0, 27))
@@ -39,21 +39,15 @@ PAPER_TUNED_LRS: dict[str, dict[str, float]] = {
 
 
 def task_key(optimizee: Mapping) -> str:
-    """A stable name for an optimizee config, used to file tuned learning rates."""
+    """A stable name for an optimizee config, used to file tuned learning rates: its option's
+    ``tuning_key`` (``l2o_pipeline.registry``), else the option's name."""
+    from l2o_pipeline.registry import load_builtins, optimizees
+
+    load_builtins()
     name = optimizee["name"]
-    dataset = str(optimizee.get("dataset") or "").replace("synthetic_", "synthetic-")
-    if name == "mlp":
-        key = f"{dataset}-mlp-{optimizee.get('activation') or 'sigmoid'}-l{optimizee['n_layers']}"
-        if optimizee.get("hidden", 20) != 20:
-            key += f"-h{optimizee['hidden']}"
-        return key
-    if name == "cnn":
-        return f"{dataset}-cnn-{optimizee['architecture']}"
-    if name == "sine_lstm":
-        return f"sine_lstm-l{optimizee['n_layers']}-noise{optimizee['noise']:g}"
-    if name == "quadratic":
-        return f"quadratic-{optimizee.get('distribution', 'uniform')}-d{optimizee.get('dim', 10)}"
-    return name
+    entry = optimizees[name] if name in optimizees else None
+    rule = entry.extra.get("tuning_key") if entry is not None else None
+    return rule(optimizee) if rule is not None else name
 
 
 def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
@@ -95,13 +89,6 @@ def scan_tuning(tuning_dir: str | Path | None) -> dict[str, dict[str, dict]]:
             offer(f"{summary['task']}@{horizon}", name, result["lr"], rate_loss(result),
                   path.parents[1], "one cell per rate")
     return best
-
-
-def write_tuned(tuning_dir: str | Path, path: str | Path) -> dict:
-    """Record the best rates of a tuning sweep as one JSON table (atomic write)."""
-    table = scan_tuning(tuning_dir)
-    write_json(path, table, indent=1, sort_keys=True)
-    return table
 
 
 def resolve_lr(optimizer: str, lr, key: str, horizon: int, tuning_dir=None,

@@ -14,15 +14,22 @@ from pathlib import Path
 
 import torch
 
+from l2o_pipeline import registry
 from l2o_pipeline.errors import UserError
-from l2o_pipeline.optimizers import DMOptimizer, LearnedOptimizer, RNNprop
+from l2o_pipeline.optimizers import LearnedOptimizer
 from l2o_pipeline.records import save_torch
 
 log = logging.getLogger(__name__)
 
 OPTIMIZER_FORMAT = "l2o_pipeline.learned_optimizer/v1"
 STATE_FORMAT = "l2o_pipeline.meta_train_state/v1"
-_CLASSES = {"rnnprop": RNNprop, "dmoptimizer": DMOptimizer}
+
+
+def learned_classes() -> dict[str, type]:
+    """The model classes a checkpoint may hold, by the name it records (``class``): those of
+    the registered learned optimizers."""
+    registry.load_builtins()
+    return {e.cls.name: e.cls for e in registry.learned_optimizers.entries()}
 
 
 class CheckpointError(UserError):
@@ -93,14 +100,14 @@ def load_optimizer(path: str | Path, expected_class: str | None = None,
                    device: str | torch.device = "cpu") -> tuple[LearnedOptimizer, dict]:
     """Rebuild a learned optimizer from its checkpoint; refuse one for another model."""
     payload = load_file(path, OPTIMIZER_FORMAT)
-    cls_name = payload.get("class")
-    if cls_name not in _CLASSES:
+    cls_name, classes = payload.get("class"), learned_classes()
+    if cls_name not in classes:
         raise CheckpointError(f"{path}: unknown learned optimizer class {cls_name!r}; "
-                              f"valid: {sorted(_CLASSES)}")
+                              f"valid: {sorted(classes)}")
     if expected_class is not None and cls_name != expected_class:
         raise CheckpointError(f"{path} holds a {cls_name!r} optimizer, but {expected_class!r} "
                               f"was asked for")
-    model = _CLASSES[cls_name](**payload["hparams"])
+    model = classes[cls_name](**payload["hparams"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

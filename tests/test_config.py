@@ -99,9 +99,6 @@ def test_tricks_are_a_multi_select_group(make_cfg, tricks, rs, cc):
     ("evaluation.baselines.adam=inf", "evaluation.baselines.adam"),
     ("evaluation.baselines.adam=nan", "evaluation.baselines.adam"),
     ("evaluation.baselines.sgd=1e4", "evaluation.baselines.sgd"),
-    # keys the chosen optimizer does not take (a learned optimizer has no learning rate)
-    ("optimizer.lr=nan", "optimizer.lr"),
-    ("optimizer.lr=0.1", "optimizer.lr"),
     # keys added with '+' that the schema does not have (Hydra's own advice for a typo)
     ("+meta_train.n_iteration=3", "meta_train.n_iteration"),
     ("+optimizer.meta_lr=1e-3", "optimizer.meta_lr"),
@@ -131,7 +128,6 @@ def test_impossible_values_fail_naming_the_key(make_cfg, tmp_path, override, key
     ("optimizer=adagrad optimizer.initial_accumulator=inf", "optimizer.initial_accumulator"),
     ("optimizer=rmsprop optimizer.decay=1", "optimizer.decay"),
     ("optimizer=adadelta optimizer.rho=nan", "optimizer.rho"),
-    ("optimizer=sgd optimizer.momentum=0.9", "optimizer.momentum"),  # SGD has none
     ("optimizer=adam stage=meta_train", "stage"),
 ])
 def test_hand_designed_optimizer_values(make_cfg, override, key):
@@ -142,6 +138,16 @@ def test_hand_designed_optimizer_values(make_cfg, override, key):
 
 @pytest.mark.parametrize("override, key", [
     ("optimizer.learning_rate=0.1", "learning_rate"),
+    # keys the chosen option does not take: each option has its own schema
+    ("optimizer.lr=0.1", "optimizer.lr"),  # a learned optimizer has no learning rate
+    ("optimizer.lr=nan", "optimizer.lr"),
+    ("optimizer=sgd optimizer.momentum=0.9", "optimizer.momentum"),  # SGD has none
+    ("optimizer=sgd optimizer.hidden_size=20", "optimizer.hidden_size"),
+    ("optimizer=dmoptimizer optimizer.alpha=0.1", "optimizer.alpha"),
+    ("optimizee=quadratic optimizee.activation=relu", "optimizee.activation"),
+    ("optimizee=mnist_mlp optimizee.noise=0.1", "optimizee.noise"),
+    ("optimizer=adam optimizer.beta1=high", "optimizer.beta1"),
+    ("optimizee=sine_lstm optimizee.hidden=1.5", "optimizee.hidden"),
     ("horizon.unroll=twenty", "horizon.unroll"),
     ("meta_train.n_iterations=1.5", "meta_train.n_iterations"),
     ("tricks.random_scaling.enabled=maybe", "tricks.random_scaling.enabled"),
@@ -150,7 +156,7 @@ def test_hand_designed_optimizer_values(make_cfg, override, key):
 ])
 def test_wrong_keys_and_types_fail_at_compose_time(make_cfg, override, key):
     with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as info:
-        make_cfg(override)
+        make_cfg(*override.split())
     assert key in str(info.value) or key in str(info.value.__cause__)
 
 
@@ -216,3 +222,21 @@ def test_each_model_sets_its_own_meta_training_keys_and_the_command_line_wins(ma
     assert (given.meta_train.meta_lr, given.meta_train.meta_loss,
             given.meta_train.selection) == (3e-3, "mean", "last")
     assert "meta_lr" not in official.optimizer and "selection" not in official.optimizer
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+optimizer.hidden_size=20", "optimizer.hidden_size"),  # rnnprop's key, on sgd
+    ("+optimizee.noise=0.1", "optimizee.noise"),  # the sine LSTM's key, on the MLP
+])
+def test_a_key_of_another_option_added_with_plus_is_refused(make_cfg, override, key):
+    cfg = make_cfg("optimizer=sgd", "stage=evaluate", override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(cfg)
+
+
+def test_each_option_has_its_own_schema_with_its_constructors_defaults(make_cfg):
+    adam = make_cfg("optimizer=adam").optimizer
+    assert set(adam) == {"name", "lr", "beta1", "beta2", "eps"}
+    assert (adam.beta1, adam.beta2, adam.eps) == (0.9, 0.999, 1e-8)  # TF's, from Adam()
+    quadratic = make_cfg("optimizee=quadratic").optimizee
+    assert set(quadratic) == {"name", "dim", "n_problems", "distribution", "init_std"}

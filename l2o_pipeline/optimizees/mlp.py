@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizees.batched import VmapBatched
 from l2o_pipeline.optimizees.layout import ParamLayout
-from l2o_pipeline.utils import check_positive
+from l2o_pipeline.registry import optimizees
+from l2o_pipeline.utils import check_one_of, check_positive
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
@@ -34,8 +35,7 @@ if TYPE_CHECKING:
 
 
 def activation(name: str):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}")
+    check_one_of("activation", name, ACTIVATIONS)
     return ACTIVATIONS[name]
 
 
@@ -220,3 +220,22 @@ class BatchedMLP(BatchedClassification):
             g["w0"].view(S, R, -1, H)[s].copy_(block)
         g["b0"].copy_(d.sum(1))
         return loss, grad
+
+
+def dataset_key(dataset: str) -> str:
+    """A dataset's part of a tuning key (``synthetic_mnist`` -> ``synthetic-mnist``)."""
+    return str(dataset or "").replace("synthetic_", "synthetic-")
+
+
+def _mlp_key(spec) -> str:
+    key = (f"{dataset_key(spec.get('dataset'))}-mlp-{spec.get('activation') or 'sigmoid'}"
+           f"-l{spec['n_layers']}")
+    return key + (f"-h{spec['hidden']}" if spec.get("hidden", 20) != 20 else "")
+
+
+@optimizees.register("mlp", label="MLP", tuning_key=_mlp_key)
+def mlp(dataset: str = "mnist", hidden: int = 20, n_layers: int = 1,
+        activation: str = "sigmoid", batch_size: int = 128, init_std: float = 0.1, *,
+        load_dataset) -> MLPTask:
+    """The MLP task on a named dataset (``optimizee=mnist_mlp``)."""
+    return MLPTask(load_dataset(dataset), hidden, n_layers, activation, batch_size, init_std)

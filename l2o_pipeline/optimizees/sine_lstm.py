@@ -9,9 +9,12 @@ import torch
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizees.batched import BatchedTask, stack_batches
 from l2o_pipeline.optimizees.layout import ParamLayout
-from l2o_pipeline.utils import check_positive
+from l2o_pipeline.registry import optimizees
+from l2o_pipeline.utils import ArgumentError, check_positive
 
 
+@optimizees.register("sine_lstm", label="sine LSTM",
+                     tuning_key=lambda s: f"sine_lstm-l{s['n_layers']}-noise{s['noise']:g}")
 class SineLSTMTask(Task):
     def __init__(self, n_layers: int = 1, hidden: int = 20, noise: float = 0.1,
                  seq_len: int = 10, batch_size: int = 128, init_std: float = 0.1,
@@ -19,8 +22,8 @@ class SineLSTMTask(Task):
         for key, value in (("n_layers", n_layers), ("hidden", hidden), ("seq_len", seq_len),
                            ("batch_size", batch_size), ("init_std", init_std)):
             check_positive(key, value)
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise!r}")
+        if not (isinstance(noise, int | float) and 0 <= noise < math.inf):
+            raise ArgumentError("noise", noise, "a finite number >= 0")
         self.n_layers, self.hidden, self.noise = n_layers, hidden, noise
         self.seq_len, self.batch_size, self.init_std = seq_len, batch_size, init_std
         self._device = torch.device(device)

@@ -6,12 +6,15 @@ import torch
 
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizees.batched import BatchedTask
-from l2o_pipeline.utils import check_positive
+from l2o_pipeline.registry import optimizees
+from l2o_pipeline.utils import check_one_of, check_positive
 
 QUADRATIC_DISTRIBUTIONS = ("uniform", "gaussian")
 SQUARE_X0_RULES = ("zero", "uniform")
 
 
+@optimizees.register("quadratic", label="quadratic", tuning_key=lambda s: (
+    f"quadratic-{s.get('distribution', 'uniform')}-d{s.get('dim', 10)}"))
 class QuadraticTask(Task):
     """f(x) = mean over ``n_problems`` of ‖W x − y‖², each problem ``dim``-dimensional.
 
@@ -25,9 +28,7 @@ class QuadraticTask(Task):
         check_positive("dim", dim, "a positive integer")
         check_positive("n_problems", n_problems, "a positive integer")
         check_positive("init_std", init_std)
-        if distribution not in QUADRATIC_DISTRIBUTIONS:
-            raise ValueError(f"unknown quadratic distribution {distribution!r}; "
-                             f"valid: {QUADRATIC_DISTRIBUTIONS}")
+        check_one_of("distribution", distribution, QUADRATIC_DISTRIBUTIONS)
         self.dim, self.n_problems, self.distribution = dim, n_problems, distribution
         self.init_std, self._device = init_std, torch.device(device)
         self.n_params = dim * n_problems
@@ -67,6 +68,7 @@ class QuadraticTask(Task):
         return BatchedQuadratic(instances)
 
 
+@optimizees.register("square", label="Square")
 class SquareTask(Task):
     """The convex g(x) = (1/n) Σ clip((x_i − v_i)², 0, clip), v ~ U[−1, 1]^n per instance.
 
@@ -77,9 +79,7 @@ class SquareTask(Task):
     def __init__(self, dim: int = 20, x0: str = "zero", clip: float | None = 10.0,
                  device: str | torch.device = "cpu", target: torch.Tensor | None = None):
         check_positive("dim", dim, "a positive integer")
-        if x0 not in SQUARE_X0_RULES:
-            raise ValueError(f"unknown x0 rule {x0!r} for the convex function; "
-                             f"valid: {SQUARE_X0_RULES}")
+        check_one_of("x0", x0, SQUARE_X0_RULES)
         if clip is not None:
             check_positive("clip", clip)
         self.dim, self.x0, self.clip = dim, x0, clip

@@ -1,27 +1,42 @@
-"""Learned and hand-designed optimizers behind one ``init_state`` / ``step`` interface."""
+"""Learned and hand-designed optimizers behind one ``init_state`` / ``step`` interface.
+
+Each registers itself (``l2o_pipeline.registry``) in its own module; the names below are
+views of the registries."""
 
 from __future__ import annotations
 
-from l2o_pipeline.optimizers.base import Optimizer, State, detach_state
-from l2o_pipeline.optimizers.hand_designed import HAND_DESIGNED
-from l2o_pipeline.optimizers.learned import DMOptimizer, LearnedOptimizer, RNNprop
+from collections.abc import Mapping
 
-LEARNED = ("rnnprop", "dmoptimizer", "dmoptimizer_official")
-OPTIMIZERS = LEARNED + tuple(HAND_DESIGNED)
+from l2o_pipeline.optimizers.base import LearnedOptimizer, Optimizer, State, detach_state
+from l2o_pipeline.optimizers.hand_designed import HandDesigned
+from l2o_pipeline.optimizers.learned import DMOptimizer, LSTMOptimizer, RNNprop
+from l2o_pipeline.registry import hand_designed, learned_optimizers, optimizer
+
+
+class _HandDesignedClasses(Mapping):
+    """``HAND_DESIGNED[name]`` is the class of a hand-designed optimizer: a live view of the
+    registry, so that options registered later appear too."""
+
+    def __getitem__(self, name):
+        return hand_designed[name].cls
+
+    def __iter__(self):
+        return iter(hand_designed)
+
+    def __len__(self):
+        return len(hand_designed.names())
+
+
+HAND_DESIGNED = _HandDesignedClasses()
 
 
 def build_optimizer(name: str, **kwargs) -> Optimizer:
-    """Build an optimizer by its config name; hand-designed ones need ``lr``."""
-    if name == "rnnprop":
-        return RNNprop(**kwargs)
-    if name == "dmoptimizer":
-        return DMOptimizer.paper(**kwargs)
-    if name == "dmoptimizer_official":
-        return DMOptimizer.official(**kwargs)
-    if name in HAND_DESIGNED:
-        return HAND_DESIGNED[name](**kwargs)
-    raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}")
+    """Build an optimizer by its config name from its keys; hand-designed ones need ``lr``.
+    An impossible argument raises an ``ArgumentError`` (a ValueError) naming ``<name>.<key>``."""
+    entry = optimizer(name)
+    registry = learned_optimizers if name in learned_optimizers else hand_designed
+    return registry.build(entry.name, **kwargs)
 
 
 __all__ = ["Optimizer", "State", "detach_state", "RNNprop", "DMOptimizer", "LearnedOptimizer",
-           "build_optimizer", "LEARNED", "OPTIMIZERS", "HAND_DESIGNED"]
+           "LSTMOptimizer", "HandDesigned", "build_optimizer", "HAND_DESIGNED"]

@@ -6,20 +6,17 @@ accumulator), and the paper tuned only the learning rate with TF defaults for th
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from l2o_pipeline.optimizers.base import Optimizer
-from l2o_pipeline.utils import check_positive
+from l2o_pipeline.registry import hand_designed
+from l2o_pipeline.utils import check_fraction, check_positive
 
 
 class HandDesigned(Optimizer):
     """``lr`` is a number, or a tensor of one rate per row (shape ``[rows, 1]``) when the
     optimizer steps many runs at once over gradients of shape ``[rows, n]`` (the batched
     evaluation engine: a whole learning-rate grid in one pass)."""
-
-    learned = False
 
     def __init__(self, lr: float | torch.Tensor):
         super().__init__()
@@ -28,13 +25,8 @@ class HandDesigned(Optimizer):
                 raise ValueError(f"{self.name}.lr must be positive, got {lr.flatten().tolist()}")
             self.lr = lr
         else:
-            check_positive(f"{self.name}.lr", lr)
+            check_positive("lr", lr, owner=self.name)
             self.lr = float(lr)
-
-    def hparams(self) -> dict:
-        """Constructor arguments (the attributes of the same names), ``lr`` included."""
-        names = list(inspect.signature(type(self).__init__).parameters)[1:]
-        return {name: getattr(self, name) for name in names}
 
     def with_lr(self, lr: float | torch.Tensor) -> HandDesigned:
         """The same optimizer with another learning rate (or one per row)."""
@@ -46,6 +38,7 @@ class HandDesigned(Optimizer):
         return f"lr={self.lr:g}"
 
 
+@hand_designed.register("sgd", label="SGD", color="C7")
 class SGD(HandDesigned):
     name = "sgd"
 
@@ -56,6 +49,7 @@ class SGD(HandDesigned):
         return -self.lr * grad, state
 
 
+@hand_designed.register("momentum", label="Momentum", color="C8")
 class Momentum(HandDesigned):
     """tf.train.MomentumOptimizer: acc ← μ·acc + g; θ ← θ − lr·acc. μ is not in the paper."""
 
@@ -63,8 +57,7 @@ class Momentum(HandDesigned):
 
     def __init__(self, lr: float, momentum: float = 0.9):
         super().__init__(lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum.momentum must be in [0, 1), got {momentum!r}")
+        check_fraction("momentum", momentum, self.name)
         self.momentum = float(momentum)
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
@@ -76,6 +69,7 @@ class Momentum(HandDesigned):
         return -self.lr * acc, (acc,)
 
 
+@hand_designed.register("adagrad", label="Adagrad", color="C4")
 class Adagrad(HandDesigned):
     """tf.train.AdagradOptimizer: accumulator starts at 0.1, no ε."""
 
@@ -83,7 +77,7 @@ class Adagrad(HandDesigned):
 
     def __init__(self, lr: float, initial_accumulator: float = 0.1):
         super().__init__(lr)
-        check_positive("adagrad.initial_accumulator", initial_accumulator)
+        check_positive("initial_accumulator", initial_accumulator, owner=self.name)
         self.initial_accumulator = float(initial_accumulator)
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
@@ -95,6 +89,7 @@ class Adagrad(HandDesigned):
         return -self.lr * grad / acc.sqrt(), (acc,)
 
 
+@hand_designed.register("adadelta", label="Adadelta", color="C6")
 class Adadelta(HandDesigned):
     """tf.train.AdadeltaOptimizer (ρ = 0.95, ε = 1e-8); the update is scaled by lr."""
 
@@ -102,6 +97,8 @@ class Adadelta(HandDesigned):
 
     def __init__(self, lr: float, rho: float = 0.95, eps: float = 1e-8):
         super().__init__(lr)
+        check_fraction("rho", rho, self.name)
+        check_positive("eps", eps, owner=self.name)
         self.rho, self.eps = float(rho), float(eps)
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
@@ -116,6 +113,7 @@ class Adadelta(HandDesigned):
         return -self.lr * delta, (accum, accum_update)
 
 
+@hand_designed.register("rmsprop", label="RMSprop", color="C2")
 class RMSprop(HandDesigned):
     """tf.train.RMSPropOptimizer: decay 0.9, momentum 0, ε = 1e-10 inside the sqrt, ms = 1."""
 
@@ -123,6 +121,8 @@ class RMSprop(HandDesigned):
 
     def __init__(self, lr: float, decay: float = 0.9, eps: float = 1e-10):
         super().__init__(lr)
+        check_fraction("decay", decay, self.name)
+        check_positive("eps", eps, owner=self.name)
         self.decay, self.eps = float(decay), float(eps)
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
@@ -134,6 +134,7 @@ class RMSprop(HandDesigned):
         return -self.lr * grad / (ms + self.eps).sqrt(), (ms,)
 
 
+@hand_designed.register("adam", label="Adam", color="k")
 class Adam(HandDesigned):
     """tf.train.AdamOptimizer: ε added to the un-bias-corrected √v; bias correction in lr_t."""
 
@@ -141,6 +142,9 @@ class Adam(HandDesigned):
 
     def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(lr)
+        check_fraction("beta1", beta1, self.name)
+        check_fraction("beta2", beta2, self.name)
+        check_positive("eps", eps, owner=self.name)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
@@ -155,5 +159,3 @@ class Adam(HandDesigned):
         lr_t = self.lr * torch.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
         return -lr_t * m / (v.sqrt() + self.eps), (m, v, t)
 
-
-HAND_DESIGNED = {cls.name: cls for cls in (SGD, Momentum, Adagrad, Adadelta, RMSprop, Adam)}

@@ -40,7 +40,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from l2o_pipeline.optimizers.base import Optimizer, State
+from l2o_pipeline.optimizers.base import LearnedOptimizer, State
+from l2o_pipeline.registry import learned_optimizers
+from l2o_pipeline.utils import check_fraction, check_one_of, check_positive
 
 log = logging.getLogger(__name__)
 
@@ -429,16 +431,14 @@ def init_sonnet(module: nn.Module) -> None:
 INIT_SCHEMES = {"official_rnnprop": init_official_rnnprop, "sonnet": init_sonnet}
 
 
-class LearnedOptimizer(Optimizer):
-    """Shared 2-layer coordinatewise LSTM core; subclasses define inputs and the update."""
-
-    learned = True
+class LSTMOptimizer(LearnedOptimizer):
+    """A learned optimizer whose core is a coordinatewise LSTM (``n_layers`` layers of
+    ``hidden_size``) with a linear readout; subclasses define its inputs and the update."""
 
     def __init__(self, input_size: int, hidden_size: int, n_layers: int):
         super().__init__()
-        if hidden_size <= 0 or n_layers <= 0:
-            raise ValueError(f"hidden_size and n_layers must be positive, got "
-                             f"{hidden_size}, {n_layers}")
+        check_positive("hidden_size", hidden_size, "a positive integer", self.name)
+        check_positive("n_layers", n_layers, "a positive integer", self.name)
         self.hidden_size, self.n_layers = hidden_size, n_layers
         sizes = [input_size] + [hidden_size] * n_layers
         self.cells = nn.ModuleList(
@@ -446,9 +446,8 @@ class LearnedOptimizer(Optimizer):
         )
         self.output = nn.Linear(hidden_size, 1)
 
-    def hparams(self) -> dict:
-        """Constructor arguments, saved in checkpoints so the model can be rebuilt."""
-        raise NotImplementedError
+    def lstm_state_names(self) -> tuple[str, ...]:
+        return tuple(f"{kind}{layer}" for layer in range(self.n_layers) for kind in ("h", "c"))
 
     def _zero_lstm_state(self, n, device, dtype) -> State:
         z = torch.zeros(n, self.hidden_size, device=device, dtype=dtype)
@@ -463,7 +462,8 @@ class LearnedOptimizer(Optimizer):
         return torch.addmv(self.output.bias, x, self.output.weight[0]), tuple(new_state)
 
 
-class RNNprop(LearnedOptimizer):
+@learned_optimizers.register("rnnprop", label="RNNprop", color="C3")
+class RNNprop(LSTMOptimizer):
     """Adam-like normalised inputs (g̃, m̃) → FC 2→20 + ELU → 2-layer LSTM(20) → α·tanh."""
 
     name = "rnnprop"
@@ -472,20 +472,17 @@ class RNNprop(LearnedOptimizer):
                  beta2: float = 0.95, eps: float = 1e-8, alpha: float = 0.1,
                  init: str = "official_rnnprop"):
         super().__init__(hidden_size, hidden_size, n_layers)
-        for key, value in (("beta1", beta1), ("beta2", beta2)):
-            if not 0 <= value < 1:
-                raise ValueError(f"rnnprop.{key} must be in [0, 1), got {value!r}")
-        if alpha <= 0:
-            raise ValueError(f"rnnprop.alpha must be positive, got {alpha!r}")
-        if init not in INIT_SCHEMES:
-            raise ValueError(f"unknown init {init!r}; valid: {sorted(INIT_SCHEMES)}")
+        check_fraction("beta1", beta1, self.name)
+        check_fraction("beta2", beta2, self.name)
+        check_positive("eps", eps, owner=self.name)
+        check_positive("alpha", alpha, owner=self.name)
+        check_one_of("init", init, INIT_SCHEMES, self.name)
         self.beta1, self.beta2, self.eps, self.alpha, self.init = beta1, beta2, eps, alpha, init
         self.preprocess = nn.Linear(2, hidden_size)
         INIT_SCHEMES[init](self)
 
-    def hparams(self):
-        return dict(hidden_size=self.hidden_size, n_layers=self.n_layers, beta1=self.beta1,
-                    beta2=self.beta2, eps=self.eps, alpha=self.alpha, init=self.init)
+    def state_names(self):
+        return ("exp_avg", "exp_avg_sq", "beta1_power", "beta2_power") + self.lstm_state_names()
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
         z = torch.zeros(n, device=device, dtype=dtype)
@@ -515,7 +512,8 @@ class RNNprop(LearnedOptimizer):
 DM_PREPROCESSING = {"log_sign": 2, "identity": 1}
 
 
-class DMOptimizer(LearnedOptimizer):
+@learned_optimizers.register("dmoptimizer", label="DMoptimizer", color="C0")
+class DMOptimizer(LSTMOptimizer):
     """Andrychowicz et al.: log/sign preprocessing with parameter p, linear output × scale.
 
     ``DMOptimizer.paper()`` is the variant paper 1 compared against (p = 10, × 0.1, RC init);
@@ -527,15 +525,11 @@ class DMOptimizer(LearnedOptimizer):
     def __init__(self, hidden_size: int = 20, n_layers: int = 2, preprocess_p: float = 10.0,
                  output_scale: float = 0.1, init: str = "official_rnnprop",
                  preprocess: str = "log_sign"):
-        if preprocess not in DM_PREPROCESSING:
-            raise ValueError(f"dmoptimizer.preprocess: unknown {preprocess!r}; valid: "
-                             f"{list(DM_PREPROCESSING)}")
+        check_one_of("preprocess", preprocess, DM_PREPROCESSING, self.name)
         super().__init__(DM_PREPROCESSING[preprocess], hidden_size, n_layers)
-        if preprocess_p <= 0 or output_scale <= 0:
-            raise ValueError(f"dmoptimizer.preprocess_p and output_scale must be positive, "
-                             f"got {preprocess_p!r}, {output_scale!r}")
-        if init not in INIT_SCHEMES:
-            raise ValueError(f"unknown init {init!r}; valid: {sorted(INIT_SCHEMES)}")
+        check_positive("preprocess_p", preprocess_p, owner=self.name)
+        check_positive("output_scale", output_scale, owner=self.name)
+        check_one_of("init", init, INIT_SCHEMES, self.name)
         self.preprocess_p, self.output_scale, self.init = preprocess_p, output_scale, init
         self.preprocess = preprocess
         INIT_SCHEMES[init](self)
@@ -548,10 +542,8 @@ class DMOptimizer(LearnedOptimizer):
     def official(cls, **kw):
         return cls(**{"preprocess_p": 5.0, "output_scale": 0.01, "init": "sonnet", **kw})
 
-    def hparams(self):
-        return dict(hidden_size=self.hidden_size, n_layers=self.n_layers,
-                    preprocess_p=self.preprocess_p, output_scale=self.output_scale,
-                    init=self.init, preprocess=self.preprocess)
+    def state_names(self):
+        return self.lstm_state_names()
 
     def init_state(self, n, device="cpu", dtype=torch.float32):
         return self._zero_lstm_state(n, device, dtype)
@@ -569,3 +561,8 @@ class DMOptimizer(LearnedOptimizer):
     def step(self, grad, state):
         out, lstm_state = self._lstm(self.inputs(grad), state)
         return self.output_scale * out, lstm_state
+
+
+# DeepMind's own settings of the same model (its conf/optimizer file gives them).
+learned_optimizers.register("dmoptimizer_official", DMOptimizer, label="DMoptimizer (official)",
+                            color="navy")
