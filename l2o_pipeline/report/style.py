@@ -1,23 +1,19 @@
-"""How the report names and draws each optimizer and experiment: one table of display labels
-and matplotlib colours (the one place to switch to the optimizers' own registry), and the
-hand-designed optimizers' names from that package."""
+"""How the report names and draws each optimizer and experiment: the optimizers' labels and
+colours from their registration (``l2o_pipeline.registry``), the papers' experiments' here."""
 
 from __future__ import annotations
 
 import math
 
-from l2o_pipeline.optimizers.hand_designed import HAND_DESIGNED
+from l2o_pipeline import registry
 
-# The hand-designed ("traditional") optimizers, in the optimizers package's order.
-HAND: tuple[str, ...] = tuple(HAND_DESIGNED)
+registry.load_builtins()
+# The hand-designed ("traditional") optimizers, in their registration order.
+HAND: tuple[str, ...] = tuple(registry.hand_designed.names())
 
-# name -> (label, colour): optimizers by their config name, the papers' experiments by theirs.
-STYLE: dict[str, tuple[str, str | None]] = {
-    "rnnprop": ("RNNprop", "C3"), "dmoptimizer": ("DMoptimizer", "C0"),
-    "dmoptimizer_official": ("DMoptimizer (official)", "C0"),
-    "sgd": ("SGD", "C7"), "momentum": ("Momentum", "C8"), "adagrad": ("Adagrad", "C4"),
-    "adadelta": ("Adadelta", "C6"), "rmsprop": ("RMSprop", "C2"), "adam": ("Adam", "k"),
-    # experiments (conf/experiment) that are not one optimizer's default
+# The papers' experiments (conf/experiment) that are not one optimizer's default: name ->
+# (label, colour).
+EXPERIMENTS: dict[str, tuple[str, str | None]] = {
     "rnnprop_no_rs": ("RNNprop w/o RS", "C1"), "rnnprop_no_cc": ("No CC", "C5"),
     "dmoptimizer_tricks": ("DMoptimizer + tricks", "C9"), "dm_quadratic": ("DMoptimizer", "C0"),
     "best_baseline": ("best tuned baseline", None),
@@ -25,11 +21,11 @@ STYLE: dict[str, tuple[str, str | None]] = {
 
 
 def label(name: str) -> str:
-    return STYLE.get(name, (name, None))[0]
+    return EXPERIMENTS[name][0] if name in EXPERIMENTS else registry.label(name)
 
 
 def color(name: str) -> str | None:
-    return STYLE.get(name, (name, None))[1]
+    return EXPERIMENTS[name][1] if name in EXPERIMENTS else registry.color(name)
 
 
 def fmt_lr(lr) -> str:
