@@ -1,34 +1,10 @@
-"""``l2o-grid``: run the paper grid into a results archive, resumably, within a time budget.
-
-    l2o-grid status [--archive archive] [--protocol cpu]
-    l2o-grid run --hours 2 [--protocol cpu] [--only table2,fig9] [--jobs 2]
-    l2o-grid launch [--runs runs] [--only table2] [--report docs/results] hydra/launcher=slurm_gpu
-
-The archive is a runs folder kept in the repository (``archive/`` of the current folder by
-default): every cell of every sweep of :data:`l2o_pipeline.catalog.PAPER_GRID` lands in the
-folder its sweep gives it (``<archive>/paper/<sweep>/<overrides>/seed_<s>``), exactly as
-``l2o --config-name <sweep>`` would put it, so a cell runs, skips and resumes the same way
-from either command. ``run`` expands each sweep into cells under a *protocol*
-(``sweeps/protocol/<name>.yaml``: the overrides that turn the papers' protocol into an
-affordable one), then starts the cells whose inputs are ready, in the catalog's order, until
-the budget is spent: a meta-training cell still running at the deadline is stopped with
-SIGTERM and saves its state (the next ``run`` continues it); an evaluation cell starts only
-when its estimated cost fits in what is left. ``status`` says per sweep what is done, what is
-running or resumable, what waits for what, and what the rest would cost on this machine
-(from the archive's own timings where it has them). ``launch`` is for a cluster: each sweep
-as one Hydra multirun through the launcher its overrides choose, in the same order.
-"""
+"""The grid's cells: the protocol, every sweep expanded into the cells its multirun would run,
+each assessed against the archive (done, resumable, ready, waiting), and the status view."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +13,8 @@ import yaml
 from l2o_pipeline.catalog import META_TRAIN_SWEEP, PAPER_GRID, SWEEPS
 from l2o_pipeline.config import cell_name
 from l2o_pipeline.errors import UserError
-from l2o_pipeline.records import write_text
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PACKAGE_DIR / "conf"
 SWEEPS_DIR = PACKAGE_DIR / "sweeps"
 PROTOCOL_DIR = SWEEPS_DIR / "protocol"
@@ -389,185 +364,3 @@ def status_lines(cells_by_sweep: dict[str, list[Cell]], protocol: Protocol) -> l
     return lines
 
 
-# ----------------------------------------------------------------------------- running
-
-
-def _command(c: Cell, archive: Path, threads: int) -> list[str]:
-    return [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
-            "--config-name", c.sweep, *c.overrides, f"paths.runs_dir={archive}",
-            f"threads={threads}"]
-
-
-def _log(archive: Path, record: dict) -> None:
-    path = archive / "paper" / GRID_LOG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _log_file(logs: Path, c: Cell) -> Path:
-    return logs / (c.name.replace("/", "__") + ".log")
-
-
-def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | None = None,
-             jobs: int = 1, poll_s: float = 5.0, echo=print) -> dict[str, int]:
-    """Start ready cells in catalog order until ``hours`` are spent; returns counts."""
-    deadline = time.monotonic() + hours * 3600
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    logs = archive / "paper" / ".grid_logs"  # console output per cell (not archived)
-    logs.mkdir(parents=True, exist_ok=True)
-    # The report prints the protocol the archive's cells were run under.
-    write_text(archive / "paper" / "protocol.yaml", protocol.path.read_text())
-    running: dict[str, tuple[subprocess.Popen, Cell, float]] = {}
-    counts = {"finished": 0, "stopped": 0, "failed": 0}
-    tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin
-
-    def reap(stop: bool = False) -> None:
-        for key, (proc, cell, started) in list(running.items()):
-            if stop and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # meta-training saves its state and exits
-            if proc.poll() is None:
-                continue
-            del running[key]
-            outcome = "finished" if proc.returncode == 0 else (
-                "stopped" if proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM)
-                else "failed")
-            counts[outcome] += 1
-            tail = _log_file(logs, cell).read_text(errors="replace").strip()
-            message = tail.splitlines()[-1][-300:] if tail else ""
-            _log(archive, {"cell": cell.name, "outcome": outcome, "rc": proc.returncode,
-                           "seconds": round(time.monotonic() - started, 1),
-                           "protocol": protocol.name, "time": time.time(),
-                           **({"message": message} if outcome == "failed" else {})})
-            echo(f"{outcome}: {cell.name} ({_hours(time.monotonic() - started)})"
-                 + (f": {message}" if outcome == "failed" else ""))
-
-    while True:
-        reap()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        cells = collect(archive, protocol, only)
-        ready = [c for cs in cells.values() for c in cs
-                 if c.state in ("pending", "partial") and c.name not in running
-                 and c.name not in tried]
-        fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP or c.estimate_s <= left]
-        while fits and len(running) < jobs:
-            c = fits.pop(0)
-            tried.add(c.name)
-            log_file = open(_log_file(logs, c), "w")
-            echo(f"start: {c.name} (~{_hours(c.estimate_s)}{', ' + c.detail if c.detail else ''})")
-            # In the current folder, as `l2o` itself would run (data.dir=data is relative).
-            proc = subprocess.Popen(_command(c, archive, threads), stdout=log_file,
-                                    stderr=subprocess.STDOUT)
-            running[c.name] = (proc, c, time.monotonic())
-        if not running:
-            break  # nothing ready that fits: the rest waits for inputs or for more time
-        time.sleep(min(poll_s, max(left, 0.1)))
-    if running:
-        echo(f"time is up: stopping {len(running)} cell(s); their state is saved")
-        reap(stop=True)
-        while running:
-            time.sleep(0.5)
-            reap()
-    return counts
-
-
-def launch_commands(runs: Path, protocol: Protocol, only: list[str] | None,
-                    overrides: list[str]) -> list[list[str]]:
-    """One Hydra multirun per sweep, in dependency order, through whatever launcher
-    ``overrides`` choose (``hydra/launcher=slurm_gpu``: every cell of a sweep at once on the
-    cluster; Hydra returns when they all have). The protocol's overrides come first and the
-    user's last, so the user's win. The meta-training sweep is split by the protocol's
-    iteration target per experiment."""
-    commands = []
-    for name in wanted_sweeps(only):
-        base = [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
-                "--config-name", name, f"paths.runs_dir={runs}", *protocol.overrides,
-                *protocol.sweeps.get(name, [])]
-        if name != META_TRAIN_SWEEP:
-            commands.append(base + list(overrides))
-            continue
-        by_target: dict[int, list[str]] = {}
-        for c in expand(name, runs, protocol):
-            if c.experiment not in by_target.setdefault(c.target, []):
-                by_target[c.target].append(c.experiment)
-        for target, experiments in by_target.items():
-            commands.append(base + [f"experiment={','.join(experiments)}",
-                                    f"meta_train.n_iterations={target}", *overrides])
-    return commands
-
-
-def launch(runs: Path, protocol: Protocol, only: list[str] | None, overrides: list[str],
-           report: Path | None, echo=print) -> int:
-    """Run the grid sweep by sweep (``l2o-grid launch``); stop at the first failing sweep
-    (its cells' logs say why; a relaunch skips what finished and resumes the rest)."""
-    for command in launch_commands(runs, protocol, only, overrides):
-        echo("=== " + " ".join(command[3:]))
-        rc = subprocess.call(command)
-        if rc != 0:
-            echo(f"l2o-grid: the sweep failed (exit status {rc}); fix it and launch again: "
-                 "finished cells are skipped, meta-trainings resume")
-            return rc
-    if report is not None:
-        from l2o_pipeline.report import main as write_report
-
-        return write_report(["--runs", str(runs / "paper"), "--out", str(report)])
-    return 0
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="l2o-grid", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("status", "run", "launch"):
-        p = sub.add_parser(command)
-        if command == "launch":
-            p.add_argument("--runs", default=os.environ.get("L2O_RUNS", "runs"),
-                           help="the runs folder (default: $L2O_RUNS or runs/)")
-            p.add_argument("--report", default=None,
-                           help="write the report here when every sweep has run")
-            p.add_argument("overrides", nargs="*",
-                           help="Hydra overrides for every sweep, e.g. "
-                                "hydra/launcher=slurm_gpu device=cuda")
-        else:
-            p.add_argument("--archive", default="archive",
-                           help="the results archive (a runs folder); default: archive/ in "
-                                "the current folder (the repository's, run from its root)")
-        p.add_argument("--protocol", default="paper",
-                       help="sweeps/protocol/<name>.yaml or a file (default: paper)")
-        p.add_argument("--only", default=None,
-                       help="comma-separated sweeps (what they need is assessed too)")
-    run_p = sub.choices["run"]
-    run_p.add_argument("--hours", type=float, required=True, help="time budget")
-    run_p.add_argument("--jobs", type=int, default=1, help="cells at a time (threads split)")
-    args = parser.parse_args(argv)
-    archive = Path(args.runs if args.command == "launch" else args.archive).resolve()
-    if archive.exists() and not archive.is_dir():
-        parser.error(f"--{'runs' if args.command == 'launch' else 'archive'} {archive} is a "
-                     "file; give a folder")
-    only = [s for s in args.only.split(",") if s] if args.only else None
-    try:
-        protocol = load_protocol(args.protocol)
-        if args.command == "launch":
-            return launch(archive, protocol, only, args.overrides,
-                          Path(args.report).resolve() if args.report else None)
-        if args.command == "status":
-            print("\n".join(status_lines(collect(archive, protocol, only), protocol)))
-            return 0
-        if not (args.hours > 0 and math.isfinite(args.hours)) or args.jobs < 1:
-            parser.error("--hours must be a positive number and --jobs a positive integer")
-        counts = run_grid(archive, protocol, args.hours, only, args.jobs)
-    except GridError as exc:
-        print(f"l2o-grid: {exc}", file=sys.stderr)
-        return 2
-    print(f"{counts['finished']} cell(s) finished, {counts['stopped']} stopped (resumable), "
-          f"{counts['failed']} failed; `l2o-grid status` for the rest")
-    print("\n".join(status_lines(collect(archive, protocol, only), protocol)))
-    return 1 if counts["failed"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

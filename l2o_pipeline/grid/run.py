@@ -1,0 +1,151 @@
+"""Running the grid: ``run`` (cells one by one into an archive, within a time budget) and
+``launch`` (each sweep as one Hydra multirun through any launcher)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from l2o_pipeline.catalog import META_TRAIN_SWEEP
+from l2o_pipeline.grid.cells import (
+    GRID_LOG,
+    SWEEPS_DIR,
+    Cell,
+    Protocol,
+    _hours,
+    collect,
+    expand,
+    wanted_sweeps,
+)
+from l2o_pipeline.records import write_text
+
+
+def _command(c: Cell, archive: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
+            "--config-name", c.sweep, *c.overrides, f"paths.runs_dir={archive}",
+            f"threads={threads}"]
+
+
+def _log(archive: Path, record: dict) -> None:
+    path = archive / "paper" / GRID_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _log_file(logs: Path, c: Cell) -> Path:
+    return logs / (c.name.replace("/", "__") + ".log")
+
+
+def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | None = None,
+             jobs: int = 1, poll_s: float = 5.0, echo=print) -> dict[str, int]:
+    """Start ready cells in catalog order until ``hours`` are spent; returns counts."""
+    deadline = time.monotonic() + hours * 3600
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    logs = archive / "paper" / ".grid_logs"  # console output per cell (not archived)
+    logs.mkdir(parents=True, exist_ok=True)
+    # The report prints the protocol the archive's cells were run under.
+    write_text(archive / "paper" / "protocol.yaml", protocol.path.read_text())
+    running: dict[str, tuple[subprocess.Popen, Cell, float]] = {}
+    counts = {"finished": 0, "stopped": 0, "failed": 0}
+    tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin
+
+    def reap(stop: bool = False) -> None:
+        for key, (proc, cell, started) in list(running.items()):
+            if stop and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # meta-training saves its state and exits
+            if proc.poll() is None:
+                continue
+            del running[key]
+            outcome = "finished" if proc.returncode == 0 else (
+                "stopped" if proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM)
+                else "failed")
+            counts[outcome] += 1
+            tail = _log_file(logs, cell).read_text(errors="replace").strip()
+            message = tail.splitlines()[-1][-300:] if tail else ""
+            _log(archive, {"cell": cell.name, "outcome": outcome, "rc": proc.returncode,
+                           "seconds": round(time.monotonic() - started, 1),
+                           "protocol": protocol.name, "time": time.time(),
+                           **({"message": message} if outcome == "failed" else {})})
+            echo(f"{outcome}: {cell.name} ({_hours(time.monotonic() - started)})"
+                 + (f": {message}" if outcome == "failed" else ""))
+
+    while True:
+        reap()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        cells = collect(archive, protocol, only)
+        ready = [c for cs in cells.values() for c in cs
+                 if c.state in ("pending", "partial") and c.name not in running
+                 and c.name not in tried]
+        fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP or c.estimate_s <= left]
+        while fits and len(running) < jobs:
+            c = fits.pop(0)
+            tried.add(c.name)
+            log_file = open(_log_file(logs, c), "w")
+            echo(f"start: {c.name} (~{_hours(c.estimate_s)}{', ' + c.detail if c.detail else ''})")
+            # In the current folder, as `l2o` itself would run (data.dir=data is relative).
+            proc = subprocess.Popen(_command(c, archive, threads), stdout=log_file,
+                                    stderr=subprocess.STDOUT)
+            running[c.name] = (proc, c, time.monotonic())
+        if not running:
+            break  # nothing ready that fits: the rest waits for inputs or for more time
+        time.sleep(min(poll_s, max(left, 0.1)))
+    if running:
+        echo(f"time is up: stopping {len(running)} cell(s); their state is saved")
+        reap(stop=True)
+        while running:
+            time.sleep(0.5)
+            reap()
+    return counts
+
+
+def launch_commands(runs: Path, protocol: Protocol, only: list[str] | None,
+                    overrides: list[str]) -> list[list[str]]:
+    """One Hydra multirun per sweep, in dependency order, through whatever launcher
+    ``overrides`` choose (``hydra/launcher=slurm_gpu``: every cell of a sweep at once on the
+    cluster; Hydra returns when they all have). The protocol's overrides come first and the
+    user's last, so the user's win. The meta-training sweep is split by the protocol's
+    iteration target per experiment."""
+    commands = []
+    for name in wanted_sweeps(only):
+        base = [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
+                "--config-name", name, f"paths.runs_dir={runs}", *protocol.overrides,
+                *protocol.sweeps.get(name, [])]
+        if name != META_TRAIN_SWEEP:
+            commands.append(base + list(overrides))
+            continue
+        by_target: dict[int, list[str]] = {}
+        for c in expand(name, runs, protocol):
+            if c.experiment not in by_target.setdefault(c.target, []):
+                by_target[c.target].append(c.experiment)
+        for target, experiments in by_target.items():
+            commands.append(base + [f"experiment={','.join(experiments)}",
+                                    f"meta_train.n_iterations={target}", *overrides])
+    return commands
+
+
+def launch(runs: Path, protocol: Protocol, only: list[str] | None, overrides: list[str],
+           report: Path | None, echo=print) -> int:
+    """Run the grid sweep by sweep (``l2o-grid launch``); stop at the first failing sweep
+    (its cells' logs say why; a relaunch skips what finished and resumes the rest)."""
+    for command in launch_commands(runs, protocol, only, overrides):
+        echo("=== " + " ".join(command[3:]))
+        rc = subprocess.call(command)
+        if rc != 0:
+            echo(f"l2o-grid: the sweep failed (exit status {rc}); fix it and launch again: "
+                 "finished cells are skipped, meta-trainings resume")
+            return rc
+    if report is not None:
+        from l2o_pipeline.report import main as write_report
+
+        return write_report(["--runs", str(runs / "paper"), "--out", str(report)])
+    return 0
+
+
