@@ -61,6 +61,24 @@ def run(cfg: DictConfig) -> float:
         return _run_in(out, cfg, semantic)
 
 
+HYDRA_RECORD = ".hydra"  # what Hydra itself would write there (hydra.output_subdir)
+
+
+def write_hydra_record(out: Path, cfg: DictConfig) -> None:
+    """The job's Hydra record, as Hydra writes it (config.yaml: the job's config unresolved;
+    hydra.yaml; overrides.yaml: the job's overrides), when run by Hydra. The config sets
+    ``hydra.output_subdir: null`` so that it is written here, after the fingerprint check."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = out / HYDRA_RECORD
+    write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
 def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     done = out / "DONE"
     record = (read_json_record(done, "the cell's DONE marker", "delete it to run the cell again")
@@ -91,6 +109,7 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     learned.set_compile(cfg.compile)
     learned.set_memory_saving(cfg.save_memory)
     config = config_dict(cfg)
+    write_hydra_record(out, cfg)
     write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_fingerprint(out, semantic)
 

@@ -262,3 +262,23 @@ def test_a_v1_record_of_a_hand_designed_optimizer_reads_nulls_as_its_defaults(ma
                                           "semantic": v1, "sha256": fingerprint(v1)}))
     with pytest.raises(ConfigError, match=r"optimizer\.lr: 0\.5 -> 0\.01"):
         check_run_folder(out, now)
+
+
+def test_a_refused_relaunch_leaves_hydras_record_of_the_folder_as_it_was(tmp_path):
+    """Hydra writes .hydra/ before the job runs; here the pipeline writes it, after the check,
+    so that the record the report reads (.hydra/overrides.yaml) still says what ran."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "l2o_pipeline", *DEBUG, "stage=meta_train", "logger=none",
+            "meta_train.n_iterations=1", f"hydra.run.dir={out}"]
+    root = Path(__file__).resolve().parents[1]
+    first = subprocess.run(base, cwd=root, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    record = {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()}
+    assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert OmegaConf.create(record["overrides.yaml"].decode()) == base[3:-1]  # no hydra.*
+    refused = subprocess.run(base + ["seed=1"], cwd=root, capture_output=True, text=True)
+    assert refused.returncode == 2 and "seed: 0 -> 1" in refused.stderr, refused.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()} == record
