@@ -420,7 +420,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError naming the key."""
     from l2o_pipeline.evaluate import FINAL_LOSS_RULES
     from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES
-    from l2o_pipeline.optimizers.learned import COMPILE_MODES
+    from l2o_pipeline.optimizers.kernels import COMPILE_MODES
 
     check_known_keys(cfg)
     _check_hydra_choices(cfg)
