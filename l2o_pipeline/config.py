@@ -49,24 +49,6 @@ class HorizonConfig:
 
 
 @dataclass
-class MetaTrainConfig:
-    """How a learned optimizer is meta-trained; the per-model values (spec §3B/§3C) are set by
-    its conf/optimizer file, which writes these keys (no second copy under ``optimizer``)."""
-
-    n_iterations: int = 1000
-    meta_lr: float = 1e-4
-    meta_loss: str = "last"
-    checkpoint_every: int = 1000
-    state_every: int = 10
-    selection: str = "ema_train_loss"
-    ema_decay: float = 0.99
-    validation_runs: int = 10
-    validation_steps: int = 100
-    second_order: bool = False
-    log_every: int = 10
-
-
-@dataclass
 class EvaluationConfig:
     n_runs: int = 100
     final_loss: str = "average_over_seen"
@@ -140,7 +122,8 @@ class Config:
     optimizee: Any = MISSING
     tricks: Any = MISSING
     horizon: HorizonConfig = field(default_factory=HorizonConfig)
-    meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
+    # MetaTrainSettings but the run length and truncation (those are horizon's; config_schema)
+    meta_train: Any = MISSING
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -168,8 +151,18 @@ def choice_overrides(sep: str, *groups: str) -> str:
 def config_schema() -> type:
     """The schema of the whole config: :class:`Config` with ``tricks`` and
     ``evaluation.baselines`` typed, one key per registered trick and hand-designed
-    optimizer. (The ``optimizer`` and ``optimizee`` nodes are typed by their option.)"""
+    optimizer, and ``meta_train`` by the fields of ``MetaTrainSettings`` that ``horizon``
+    does not hold (a model's values are written there by its conf/optimizer file). (The
+    ``optimizer`` and ``optimizee`` nodes are typed by their option.)"""
+    from l2o_pipeline.meta.train import MetaTrainSettings
+
     registry.load_builtins()
+    horizon_keys = {f.name for f in dataclasses.fields(HorizonConfig)}
+    meta_train = dataclasses.make_dataclass(
+        "MetaTrainConfig", [(f.name, f.type, field(default=f.default))
+                            for f in dataclasses.fields(MetaTrainSettings)
+                            if f.name not in horizon_keys])
+    meta_train.__module__ = MetaTrainSettings.__module__  # where its annotations resolve
     trick_schemas = {e.name: _trick_schema(e) for e in registry.tricks.entries()}
     trick_fields = [(name, schema, field(default_factory=schema))
                     for name, schema in trick_schemas.items()]
@@ -181,6 +174,7 @@ def config_schema() -> type:
         bases=(EvaluationConfig,))
     return dataclasses.make_dataclass(
         "Config", [("tricks", tricks, field(default_factory=tricks)),
+                   ("meta_train", meta_train, field(default_factory=meta_train)),
                    ("evaluation", evaluation, field(default_factory=evaluation))],
         bases=(Config,))
 
@@ -258,22 +252,8 @@ def meta_train_settings(cfg: DictConfig) -> MetaTrainSettings:
     (each model's values are written there by its conf/optimizer file)."""
     from l2o_pipeline.meta.train import MetaTrainSettings
 
-    mt = cfg.meta_train
-    return MetaTrainSettings(
-        n_iterations=mt.n_iterations,
-        steps_per_run=cfg.horizon.steps_per_run,
-        unroll=cfg.horizon.unroll,
-        meta_lr=mt.meta_lr,
-        meta_loss=mt.meta_loss,
-        checkpoint_every=mt.checkpoint_every,
-        state_every=mt.state_every,
-        selection=mt.selection,
-        ema_decay=mt.ema_decay,
-        validation_runs=mt.validation_runs,
-        validation_steps=mt.validation_steps,
-        second_order=mt.second_order,
-        log_every=mt.log_every,
-    )
+    return MetaTrainSettings(steps_per_run=cfg.horizon.steps_per_run, unroll=cfg.horizon.unroll,
+                             **OmegaConf.to_container(cfg.meta_train, resolve=True))
 
 
 def schema_tree(cfg: DictConfig) -> dict:
@@ -420,7 +400,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Check every value that the schema's types cannot; raise ConfigError naming the key."""
     from l2o_pipeline.evaluate import FINAL_LOSS_RULES
     from l2o_pipeline.meta.train import META_LOSSES, SELECTION_RULES
-    from l2o_pipeline.optimizers.learned import COMPILE_MODES
+    from l2o_pipeline.optimizers.kernels import COMPILE_MODES
 
     check_known_keys(cfg)
     _check_hydra_choices(cfg)

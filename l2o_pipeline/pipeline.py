@@ -22,7 +22,7 @@ from l2o_pipeline import progress
 from l2o_pipeline.config import validate_config
 from l2o_pipeline.fingerprint import check_run_folder, semantic_config, write_fingerprint
 from l2o_pipeline.meta import load_training_state
-from l2o_pipeline.optimizers import learned
+from l2o_pipeline.optimizers import kernels
 from l2o_pipeline.records import (
     lock_run_folder,
     read_json_record,
@@ -106,8 +106,8 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     progress.configure(every_s=cfg.progress_every_s)
-    learned.set_compile(cfg.compile)
-    learned.set_memory_saving(cfg.save_memory)
+    kernels.set_compile(cfg.compile)
+    kernels.set_memory_saving(cfg.save_memory)
     config = config_dict(cfg)
     write_hydra_record(out, cfg)
     write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(config))

@@ -26,8 +26,8 @@ from l2o_pipeline.meta import meta_train
 from l2o_pipeline.optimizees import build_task
 from l2o_pipeline.optimizers import build_optimizer
 from l2o_pipeline.records import save_torch, write_json
-from l2o_pipeline.tracking import model_artifact_name
 from l2o_pipeline.tricks import apply_tricks
+from l2o_pipeline.wandb_names import model_artifact_name
 
 log = logging.getLogger(__name__)
 

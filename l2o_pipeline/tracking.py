@@ -14,19 +14,16 @@ logging are reported once and swallowed by :class:`MultiWriter`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
-import secrets
-import string
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from l2o_pipeline.records import json_safe, read_json_record, to_scalar, write_json, write_text
+from l2o_pipeline.wandb_names import artifact_name, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +47,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (DictConfig, ListConfig)):
         return OmegaConf.to_container(obj, resolve=True)
     return obj
-
-
-def _new_run_id() -> str:
-    # Own generator: wandb.util.generate_id is gone in 0.31 and its replacement is private.
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _artifact_name(name: str) -> str:
-    # W&B artifact names allow only alphanumerics, '-', '_' and '.'.
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "artifact"
-
-
-def model_artifact_name(optimizer: str, cell: str | None, seed: int) -> str:
-    """The W&B artifact of a meta-trained optimizer: one per grid cell and seed (its versions:
-    relaunches of that cell), e.g. ``rnnprop-experiment-rnnprop_no_rs-seed0``. W&B names
-    hold at most 128 characters: a longer one keeps its start and a hash of the whole."""
-    cell = cell or "default"
-    name = _artifact_name(f"{cell}-seed{seed}" if f"optimizer={optimizer}" in cell.split(",")
-                          else f"{optimizer}-{cell}-seed{seed}")
-    if len(name) > 128:
-        name = f"{name[:119]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-    return name
 
 
 def resolve_wandb_mode(mode: str | None) -> str:
@@ -226,7 +200,7 @@ class JsonlWriter(Writer):
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
         # Kept as JSON too so that nothing logged to W&B exists only there.
-        out = self.dir / "tables" / f"{_artifact_name(name)}.json"
+        out = self.dir / "tables" / f"{artifact_name(name)}.json"
         out.parent.mkdir(exist_ok=True)
         write_json(out, {"columns": list(columns), "rows": [list(r) for r in rows]})
 
@@ -270,7 +244,7 @@ class WandbWriter(Writer):
         if id_file.exists() and id_file.read_text().strip():
             self.run_id = id_file.read_text().strip()
         else:
-            self.run_id = _new_run_id()
+            self.run_id = new_run_id()
             # Written before init, so a job killed during init still resumes this id.
             write_text(id_file, self.run_id + "\n")
 
@@ -334,7 +308,7 @@ class WandbWriter(Writer):
             # A service we do not own (WANDB_SERVICE inherited from a parent process) survives
             # teardown and still holds the id. An offline run under a new id beats none; the
             # id file is left alone so a requeued job resumes the original run.
-            new_id = _new_run_id()
+            new_id = new_run_id()
             log.warning(
                 "W&B offline init with run id %s failed (%s); logging this segment as run %s",
                 self.run_id, str(err).splitlines()[0][:200], new_id,
@@ -392,7 +366,7 @@ class WandbWriter(Writer):
         if self.run is None:
             return
         path = Path(path)
-        art = self._wandb.Artifact(_artifact_name(name), type=type, metadata=_plain(metadata))
+        art = self._wandb.Artifact(artifact_name(name), type=type, metadata=_plain(metadata))
         if path.is_dir():
             art.add_dir(str(path))
         else:

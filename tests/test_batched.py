@@ -15,7 +15,7 @@ from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.optimizees import CNNTask, MLPTask, QuadraticTask, SineLSTMTask, SquareTask
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizees.mlp import BatchedClassification
-from l2o_pipeline.optimizers import HAND_DESIGNED, DMOptimizer, RNNprop, learned
+from l2o_pipeline.optimizers import HAND_DESIGNED, DMOptimizer, RNNprop, kernels
 from l2o_pipeline.tricks import Combined, RandomScaling, batch_instances
 
 TOL = 1e-12  # relative, float64
@@ -30,14 +30,14 @@ def mnist():
 def float64_one_thread():
     """float64 (the sequential path follows the default dtype), eager kernels, one thread."""
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    mode = learned.get_compile()
+    mode = kernels.get_compile()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
-    learned.set_compile("false")
+    kernels.set_compile("false")
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
-    learned.set_compile(mode)
+    kernels.set_compile(mode)
 
 
 def all_optimizers():

@@ -41,15 +41,15 @@ def test_meta_train_stage_writes_checkpoints_metrics_and_config(make_cfg, tmp_pa
 def test_save_memory_switch_is_applied_and_changes_only_rounding(make_cfg, tmp_path):
     """``save_memory=true`` recomputes the gates in the backward: the run must really use it
     (the process-wide switch is on) and end with the same meta-parameters as the default."""
-    from l2o_pipeline.optimizers import learned
+    from l2o_pipeline.optimizers import kernels
 
     outs = {flag: tmp_path / f"save_memory_{flag}" for flag in ("false", "true")}
     try:
         for flag, out in outs.items():
             run(make_cfg(*DEBUG, "stage=meta_train", f"save_memory={flag}", output_dir=out))
-            assert learned._memory_saving["on"] is (flag == "true")
+            assert kernels._memory_saving["on"] is (flag == "true")
     finally:
-        learned.set_memory_saving(False)
+        kernels.set_memory_saving(False)
     eager, saved = (final_params(out) for out in outs.values())
     for key, value in eager.items():
         torch.testing.assert_close(saved[key], value, rtol=1e-4, atol=1e-6)

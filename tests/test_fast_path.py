@@ -17,7 +17,7 @@ from l2o_pipeline.evaluate import run_optimizer
 from l2o_pipeline.meta.train import meta_loss_weights, truncated_meta_loss
 from l2o_pipeline.optimizees import MLPTask, SquareTask
 from l2o_pipeline.optimizees.base import Task
-from l2o_pipeline.optimizers import DMOptimizer, RNNprop, learned
+from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 
@@ -42,11 +42,11 @@ REL_GRAD = {torch.float64: 1e-9, torch.float32: 1e-3}
 def eager_kernels_one_thread():
     """Eager kernels whatever L2O_COMPILE says (compiling would make this slow), one thread
     (these tensors are small; on a loaded machine OpenMP's spinning threads cost up to 8×)."""
-    mode, threads = learned.get_compile(), torch.get_num_threads()
-    learned.set_compile("false")
+    mode, threads = kernels.get_compile(), torch.get_num_threads()
+    kernels.set_compile("false")
     torch.set_num_threads(1)
     yield
-    learned.set_compile(mode)
+    kernels.set_compile(mode)
     torch.set_num_threads(threads)
 
 
@@ -144,7 +144,7 @@ def test_memory_saving_mode_gives_the_same_meta_gradient(mnist, family):
     theta0 = task.init_params(torch.Generator().manual_seed(2)).double()
     results = []
     for on in (False, True):
-        learned.set_memory_saving(on)
+        kernels.set_memory_saving(on)
         try:
             model.zero_grad()
             surrogate, value, theta, _ = truncated_meta_loss(
@@ -152,7 +152,7 @@ def test_memory_saving_mode_gives_the_same_meta_gradient(mnist, family):
                 torch.Generator().manual_seed(3), weights)
             surrogate.backward()
         finally:
-            learned.set_memory_saving(False)
+            kernels.set_memory_saving(False)
         results.append([value, theta.detach()] + [p.grad.clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
@@ -185,7 +185,7 @@ def test_fused_functions_pass_gradcheck():
     """Every input's gradient of the two autograd Functions, against finite differences."""
     torch.manual_seed(0)
     n, n_in, H = 6, 3, 4
-    cell = learned.CoordinatewiseLSTM(n_in, H).double()
+    cell = kernels.CoordinatewiseLSTM(n_in, H).double()
     torch.nn.init.uniform_(cell.weight, -0.5, 0.5)
     torch.nn.init.uniform_(cell.bias, -0.5, 0.5)
     inputs = [torch.randn(n, n_in, dtype=torch.float64, requires_grad=True),
@@ -193,12 +193,12 @@ def test_fused_functions_pass_gradcheck():
               torch.randn(n, H, dtype=torch.float64, requires_grad=True)]
     assert torch.autograd.gradcheck(lambda x, h, c: cell(x, h, c), inputs)
     params = [cell.weight, cell.bias]
-    assert torch.autograd.gradcheck(lambda w, b: learned._LSTMCellFunction.apply(
+    assert torch.autograd.gradcheck(lambda w, b: kernels._LSTMCellFunction.apply(
         *[t.detach() for t in inputs], w, b, cell._gate_scale, cell._forget_mask,
         cell._grad_factor, 1.0), params)
     linear = torch.nn.Linear(2, H).double()
     x = torch.randn(n, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(learned._LinearELUFunction.apply,
+    assert torch.autograd.gradcheck(kernels._LinearELUFunction.apply,
                                     [x, linear.weight, linear.bias])
 
 
@@ -252,7 +252,7 @@ def test_compiled_kernels_match_eager(mnist):
     theta0 = task.init_params(torch.Generator().manual_seed(2))
     results = []
     for mode in ("false", "true"):
-        learned.set_compile(mode)
+        kernels.set_compile(mode)
         model.zero_grad()
         surrogate, value, theta, _ = truncated_meta_loss(
             model, task, theta0, model.init_state(theta0.numel()),
@@ -260,7 +260,7 @@ def test_compiled_kernels_match_eager(mnist):
         surrogate.backward()
         curve, _ = run_optimizer(task, model, theta0, batch_seed=4, n_steps=20)
         results.append((theta.detach(), [p.grad.clone() for p in model.parameters()], curve))
-    assert not any(k.failed for k in learned._compiled.values()), "torch.compile failed"
+    assert not any(k.failed for k in kernels._compiled.values()), "torch.compile failed"
     (theta_e, grads_e, curve_e), (theta_c, grads_c, curve_c) = results
     assert rel_err(theta_c, theta_e) < 1e-5 and rel_err(curve_c, curve_e) < 1e-5
     for a, b in zip(grads_c, grads_e):

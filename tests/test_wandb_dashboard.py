@@ -15,7 +15,7 @@ import torch
 
 from l2o_pipeline.eval_metrics import curve_steps, mean_curve
 from l2o_pipeline.pipeline import run
-from l2o_pipeline.tracking import model_artifact_name
+from l2o_pipeline.wandb_names import model_artifact_name
 
 try:  # tests/ is on sys.path under pytest's default (prepend) import mode
     import wandb_offline_reader as reader

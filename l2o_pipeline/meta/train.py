@@ -23,8 +23,7 @@ import torch
 from l2o_pipeline.checkpoint import STATE_FORMAT, CheckpointError, load_file, optimizer_payload
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.optimizees.base import Task
-from l2o_pipeline.optimizers.base import State, detach_state
-from l2o_pipeline.optimizers.learned import LearnedOptimizer
+from l2o_pipeline.optimizers.base import LearnedOptimizer, State, detach_state
 from l2o_pipeline.progress import Progress
 from l2o_pipeline.records import move_aside, save_torch
 

@@ -109,6 +109,18 @@ def _auto_y(ax, values) -> None:
         _log_axis(ax)
 
 
+def _label_panel(ax, xlabel: str, ylabel: str, title: str | None = None,
+                 legend: int | None = 6) -> None:
+    """A panel's title, axis names, grid and legend (of ``legend`` pt; None: no legend)."""
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    if legend is not None:
+        ax.legend(fontsize=legend)
+
+
 def _finish(plt, fig, title: str, path: Path) -> None:
     w, h = fig.get_size_inches()
     fig.suptitle(title, fontsize=10)
@@ -167,12 +179,7 @@ def curve_figure(idx: RunIndex, out: Path, key: str, file: str, title: str, capt
             ax.set_yticks([])
         else:
             _auto_y(ax, np.concatenate(shown))
-        ax.set_title(ptitle, fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3, which="both")
-        if lines:
-            ax.legend(fontsize=6)
+        _label_panel(ax, "step", "loss", ptitle, legend=6 if lines else None)
     path = out / file
     _finish(plt, fig, title, path)
     return Figure(key, title, caption, needs, file, data)
@@ -212,11 +219,7 @@ def fig3_figure(idx: RunIndex, out: Path) -> Figure:
         _log_axis(ax, "x", base=2)
         _auto_y(ax, [s.mean for o in HAND for s in idx.hand_by_lr(o, BASE, h).values()]
                 + ([r.mean] if r is not None else []))
-        ax.set_title(f"{h} steps", fontsize=9)
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("final loss")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
+        _label_panel(ax, "learning rate", "final loss", f"{h} steps")
     _finish(plt, fig, title, out / "fig3_learning_rates.png")
     return Figure("fig3", title, caption, sweeps, "fig3_learning_rates.png", data)
 
@@ -246,11 +249,8 @@ def fig6_figure(idx: RunIndex, out: Path) -> Figure:
             ax.plot(list(pts), list(pts.values()), marker="o", label=label(name),
                     color=color(name))
     _auto_y(ax, [s.mean for v in series.values() for s in v.values()])
-    ax.set_xlabel("hidden layers")
-    ax.set_ylabel("final loss")
     ax.set_xticks(list(DEPTHS))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    _label_panel(ax, "hidden layers", "final loss", legend=7)
     _finish(plt, fig, title, out / "fig6_depth.png")
     return Figure("fig6", title, caption, sweeps, "fig6_depth.png", data)
 
@@ -281,11 +281,7 @@ def meta_figure(idx: RunIndex, out: Path) -> Figure:
             ax.plot(c.steps, c.ema, color=color, lw=1.3,
                     label=f"seed {c.seed}" + ("" if c.done else " (running)"))
         _auto_y(ax, [v for c in by_exp[e] for v in c.loss if isinstance(v, (int, float))])
-        ax.set_title(e, fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("meta/loss")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
+        _label_panel(ax, "iteration", "meta/loss", e)
     _finish(plt, fig, title, out / "meta_training.png")
     return Figure("meta", title, "", sweeps, "meta_training.png", data)
 

@@ -64,6 +64,14 @@ class SweepInfo:
     seconds: float = 0.0
 
 
+def _horizons(record: dict) -> dict:
+    """An evaluation or tuning record's results per horizon (a TypeError: a foreign file)."""
+    horizons = record["horizons"]
+    if not isinstance(horizons, dict):
+        raise TypeError("'horizons' is not a mapping")
+    return horizons
+
+
 class RunIndex:
     """Every finished measurement below a runs root, deduplicated, with pooled queries."""
 
@@ -190,18 +198,18 @@ class RunIndex:
             return "."  # the runs root is the multirun itself
         return "/".join(rel_parts[:2 if rel_parts[0] == "tune" and len(rel_parts) > 3 else 1])
 
+    def _skipped(self, path: Path, exc: Exception) -> None:
+        self.notes.append(f"skipped {rel(path, self.root)}: {type(exc).__name__}: {exc}")
+
     def _add_eval_cell(self, path: Path) -> None:
         cell = path.parent.parent
         sweep = self._sweep_of(cell)
         try:
             summary = read_json_record(path, "an evaluation summary",
                                        "rerun its cell with skip_if_done=false")
-            task = norm_task(str(summary["task"]))
-            horizons = summary["horizons"]
-            if not isinstance(horizons, dict):
-                raise TypeError("'horizons' is not a mapping")
+            task, horizons = norm_task(str(summary["task"])), _horizons(summary)
         except Exception as exc:  # half-written or foreign: skip with a note
-            self.notes.append(f"skipped {rel(path, self.root)}: {type(exc).__name__}: {exc}")
+            self._skipped(path, exc)
             return
         main = summary.get("optimizer")
         learned_main = main is not None and main not in HAND
@@ -279,11 +287,9 @@ class RunIndex:
             if record.get("kind") != "tuning":
                 return
             name, task = str(record["optimizer"]), norm_task(str(record["task"]))
-            horizons = record["horizons"]
-            if not isinstance(horizons, dict):
-                raise TypeError("'horizons' is not a mapping")
+            horizons = _horizons(record)
         except Exception as exc:  # half-written or foreign: skip with a note
-            self.notes.append(f"skipped {rel(path, self.root)}: {type(exc).__name__}: {exc}")
+            self._skipped(path, exc)
             return
         sweep = self._sweep_of(cell)
         info = self.sweeps[sweep]
