@@ -381,6 +381,10 @@ def _built(prefix: str, build):
         raise ConfigError(f"{prefix}: {exc}") from None
 
 
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _validate_option(cfg: DictConfig, group: str) -> registry.Entry:
     """The chosen option of ``group`` is registered and is what its node's schema says."""
     node = cfg[group]
@@ -390,7 +394,9 @@ def _validate_option(cfg: DictConfig, group: str) -> registry.Entry:
     if entry is None:
         raise ConfigError(f"{group}.name={node.name!r} is not valid; choose one of {valid}")
     typed = OmegaConf.get_type(node)
-    if dataclasses.is_dataclass(typed) and typed is not entry.schema:
+    # By name, not identity: a submitit job unpickles its config in another process, where
+    # the registry has made its own schema classes.
+    if dataclasses.is_dataclass(typed) and _qualname(typed) != _qualname(entry.schema):
         raise ConfigError(f"{group}.name={node.name!r} is set by choosing the option "
                           f"({group}=<option>), not by hand")
     return entry
