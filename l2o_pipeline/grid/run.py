@@ -13,6 +13,7 @@ from pathlib import Path
 
 from l2o_pipeline.catalog import META_TRAIN_SWEEP
 from l2o_pipeline.grid.cells import (
+    CONSOLE_LOGS,
     GRID_LOG,
     SWEEPS_DIR,
     Cell,
@@ -24,11 +25,17 @@ from l2o_pipeline.grid.cells import (
 )
 from l2o_pipeline.records import write_text
 
+L2O = [sys.executable, "-m", "l2o_pipeline"]
+
+
+def _sweep_args(sweep: str, *overrides: str) -> list[str]:
+    """``l2o``'s arguments for sweep ``sweep`` with ``overrides``."""
+    return ["--config-dir", str(SWEEPS_DIR), "--config-name", sweep, *overrides]
+
 
 def _command(c: Cell, archive: Path, threads: int) -> list[str]:
-    return [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
-            "--config-name", c.sweep, *c.overrides, f"paths.runs_dir={archive}",
-            f"threads={threads}"]
+    return L2O + _sweep_args(c.sweep, *c.overrides, f"paths.runs_dir={archive}",
+                             f"threads={threads}")
 
 
 def _log(archive: Path, record: dict) -> None:
@@ -47,7 +54,7 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
     """Start ready cells in catalog order until ``hours`` are spent; returns counts."""
     deadline = time.monotonic() + hours * 3600
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    logs = archive / "paper" / ".grid_logs"  # console output per cell (not archived)
+    logs = archive / "paper" / CONSOLE_LOGS
     logs.mkdir(parents=True, exist_ok=True)
     # The report prints the protocol the archive's cells were run under.
     write_text(archive / "paper" / "protocol.yaml", protocol.path.read_text())
@@ -113,11 +120,10 @@ def launch_commands(runs: Path, protocol: Protocol, only: list[str] | None,
     cluster; Hydra returns when they all have). The protocol's overrides come first and the
     user's last, so the user's win. The meta-training sweep is split by the protocol's
     iteration target per experiment."""
-    commands = []
+    commands = []  # l2o's arguments, one list per multirun
     for name in wanted_sweeps(only):
-        base = [sys.executable, "-m", "l2o_pipeline", "--config-dir", str(SWEEPS_DIR),
-                "--config-name", name, f"paths.runs_dir={runs}", *protocol.overrides,
-                *protocol.sweeps.get(name, [])]
+        base = _sweep_args(name, f"paths.runs_dir={runs}", *protocol.overrides,
+                           *protocol.sweeps.get(name, []))
         if name != META_TRAIN_SWEEP:
             commands.append(base + list(overrides))
             continue
@@ -136,8 +142,8 @@ def launch(runs: Path, protocol: Protocol, only: list[str] | None, overrides: li
     """Run the grid sweep by sweep (``l2o-grid launch``); stop at the first failing sweep
     (its cells' logs say why; a relaunch skips what finished and resumes the rest)."""
     for command in launch_commands(runs, protocol, only, overrides):
-        echo("=== " + " ".join(command[3:]))
-        rc = subprocess.call(command)
+        echo("=== l2o " + " ".join(command))
+        rc = subprocess.call(L2O + command)
         if rc != 0:
             echo(f"l2o-grid: the sweep failed (exit status {rc}); fix it and launch again: "
                  "finished cells are skipped, meta-trainings resume")
