@@ -111,7 +111,7 @@ def test_a_budgeted_run_fills_the_archive_then_skips_and_continues(tmp_path):
     assert grid.run_grid(archive, protocol, 0.25, ["table2"], poll_s=0.5)["finished"] == 0
     # More iterations: the meta-training cell continues, and Table 2 evaluates again exactly
     # when the continued training selected another checkpoint.
-    meta = archive / "paper/meta_train/experiment=rnnprop/seed_0"
+    meta = archive / "paper/meta_train/debug=default,experiment=rnnprop/seed_0"  # debug cells
     best_before = json.loads((meta / "summary.json").read_text())["meta/best_iteration"]
     longer = grid.load_protocol(write_protocol(tmp_path, iterations=4))
     finished = grid.run_grid(archive, longer, 0.25, ["table2"], poll_s=0.5)["finished"]
@@ -157,7 +157,7 @@ def test_the_deadline_stops_a_meta_training_that_the_next_run_continues(tmp_path
     counts = grid.run_grid(archive, protocol, hours=25 / 3600, only=["paper_meta_train"],
                            poll_s=0.5)
     assert counts == {"finished": 0, "stopped": 1, "failed": 0}, counts
-    folder = archive / "paper/meta_train/experiment=rnnprop/seed_0"
+    folder = archive / "paper/meta_train/debug=default,experiment=rnnprop/seed_0"
     assert (folder / "state.pt").is_file() and not (folder / "DONE").exists()
     first, _ = grid.meta_progress(folder)
     grid.run_grid(archive, protocol, hours=25 / 3600, only=["paper_meta_train"], poll_s=0.5)
