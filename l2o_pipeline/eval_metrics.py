@@ -15,8 +15,6 @@ Per horizon ``h`` (README "W&B dashboards" says which panel to make from which k
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from l2o_pipeline.evaluate import EvalResult
@@ -34,10 +32,7 @@ def curve_steps(n_steps: int, max_points: int = MAX_CURVE_POINTS) -> list[int]:
 
 def mean_curve(curves: torch.Tensor) -> torch.Tensor:
     """[runs, steps] -> [steps]: the mean over the runs whose loss is finite at that step."""
-    finite = torch.isfinite(curves)
-    count = finite.sum(0)
-    total = torch.where(finite, curves, torch.zeros_like(curves)).sum(0)
-    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
+    return torch.where(torch.isfinite(curves), curves, torch.nan).nanmean(0)
 
 
 def log_evaluation(writer, horizon: int, main: str, block: dict,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from l2o_pipeline.eval_metrics import mean_curve
+
 
 def plot_loss_curves(curves: Mapping[str, torch.Tensor], path: str | Path, title: str,
                      xlabel: str = "step", ylabel: str = "loss") -> Path:
@@ -30,7 +32,7 @@ def plot_loss_curves(curves: Mapping[str, torch.Tensor], path: str | Path, title
             ax.plot([], [], ls="none", label=f"{name}: diverged")
             continue
         positive = positive or bool((finite > 0).any())
-        mean = finite.nanmean(0)
+        mean = mean_curve(c)
         lo, hi = finite.nanquantile(0.25, dim=0), finite.nanquantile(0.75, dim=0)
         steps = torch.arange(1, c.shape[1] + 1)
         (line,) = ax.plot(steps, mean, label=name, lw=1.2)
