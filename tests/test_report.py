@@ -379,3 +379,15 @@ def test_the_tuned_rate_of_cells_without_a_tuning_record_is_the_pipelines_rule(t
         eval_cell(root, "tune/activations", f"optimizer=adam,optimizer.lr={lr}", 0, task,
                   "adam", {100: {"adam": (mean, 0.01, lr)}}, curves=False, n_diverged=diverged)
     assert RunIndex(root).scan().tuned("adam", task, 100).lr == 0.01
+
+
+def test_logs_the_archive_does_not_keep_are_not_read(tmp_path):
+    """The grid's console logs are not archived (.gitignore): the report must not depend on
+    them, or a fresh clone's report differs from the committed one."""
+    from l2o_pipeline.grid.cells import CONSOLE_LOGS
+    from l2o_pipeline.report.index import FALLBACK_WARNING
+
+    for folder in (tmp_path / CONSOLE_LOGS, tmp_path / "meta_train" / "x" / "seed_0"):
+        folder.mkdir(parents=True)
+        (folder / "cell.log").write_text(f"using {FALLBACK_WARNING} 5,000 digits\n")
+    assert RunIndex(tmp_path).scan().fallback_logs == ["meta_train/x/seed_0"]

@@ -19,6 +19,9 @@ CONF_DIR = PACKAGE_DIR / "conf"
 SWEEPS_DIR = PACKAGE_DIR / "sweeps"
 PROTOCOL_DIR = SWEEPS_DIR / "protocol"
 GRID_LOG = "grid.jsonl"  # one line per cell attempt, in <archive>/paper/
+# Each cell's console output, in <archive>/paper/: not archived (.gitignore), so nothing the
+# report says may come from it.
+CONSOLE_LOGS = ".grid_logs"
 
 # Seconds per optimizee step of one run before the archive has timings of its own, measured on
 # this project's 2-core CPU (bench/grid_cost.py, bench/bench_speed.py, batched engine):

