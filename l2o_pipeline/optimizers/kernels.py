@@ -74,7 +74,8 @@ _memory_saving = {"on": os.environ.get("L2O_SAVE_MEMORY", "0") == "1"}
 
 def set_memory_saving(on: bool) -> None:
     """Eager kernels only (the C++ ones always recompute): trade time for memory in
-    meta-training, keep only each LSTM layer's inputs and recompute its gates in the backward (one more gate matmul and pointwise pass per layer and step).
+    meta-training, keep only each LSTM layer's inputs and recompute its gates in the backward
+    (one more gate matmul and pointwise pass per layer and step).
     Saved activations drop from ~19 MB to ~7 MB per step of the paper's training task. The
     default comes from the ``L2O_SAVE_MEMORY`` environment variable (``1``: on), else off."""
     _memory_saving["on"] = bool(on)
