@@ -268,11 +268,11 @@ def _cell_forward(x, h, c, w, b, hidden: int, train: bool):
     if x.device.type == "cpu" and not _malloc_tuned["done"]:
         keep_freed_memory()
     n, n_in = x.shape
-    z = _gates(x, h, w, b)
-    if not train and (ext := native.kernels_for(z)) is not None:
+    if not train and (ext := native.kernels_for(x)) is not None:  # GEMM + cell, block by block
         h_new, c_new = x.new_empty(n, hidden), x.new_empty(n, hidden)
-        ext.lstm_forward(z, c.contiguous(), h_new, c_new)
+        ext.lstm_forward(x.contiguous(), h.contiguous(), c.contiguous(), w, b, h_new, c_new)
         return h_new, c_new, None
+    z = _gates(x, h, w, b)
     kernel = _compiled_kernel("fwd_train" if train else "fwd", x.device)
     if kernel is not None:
         out = kernel(z, c, hidden)
@@ -310,14 +310,17 @@ class _LSTMCellFunction(torch.autograd.Function):
     def backward(ctx, dh, dc):
         need_x, need_h, need_c, need_w, need_b = ctx.needs_input_grad[:5]
         out = None
-        if ctx.native:  # gates from the carry, then one fused pass to dz' and dc_prev
+        if ctx.native:  # the whole layer's backward from the carry, block by block in cache
             x, h, c, weight, bias, scale, fmask, factor = ctx.saved_tensors
             w, b = _gate_params(weight, bias, scale, fmask, ctx.forget_bias)
-            n, hidden = c.shape
-            out = (x.new_empty(n, 4 * hidden), x.new_empty(n, hidden))
-            native.kernels_for(x).lstm_backward(_gates(x, h, w, b), c, dh.contiguous(),
-                                                dc.contiguous(), *out)
-        elif ctx.recompute:
+            dxh, dc_prev, dw, db = native.kernels_for(x).lstm_backward(
+                x.contiguous(), h.contiguous(), c, w, b, weight * factor, dh.contiguous(),
+                dc.contiguous())
+            n_in = x.shape[1]
+            return (dxh[:, :n_in] if need_x else None, dxh[:, n_in:] if need_h else None,
+                    dc_prev if need_c else None, dw.mul_(factor) if need_w else None,
+                    db.mul_(factor) if need_b else None, None, None, None, None)
+        if ctx.recompute:
             x, h, c, weight, bias, scale, fmask, factor = ctx.saved_tensors
             w, b = _gate_params(weight, bias, scale, fmask, ctx.forget_bias)
             _, _, P = _cell_forward(x, h, c, w, b, c.shape[1], train=True)

@@ -85,32 +85,73 @@ void backward_rows(const T* z, const T* c, const T* dh, const T* dc, T* dz, T* d
   }
 }
 
-int64_t grain(int64_t H) { return std::max<int64_t>(kRows, 16384 / (4 * H)); }
+// Rows per cache block of the whole layer: its gates, 256 x 4H x 4 bytes = 80 KB for H = 20,
+// stay in L2 between the gate GEMM, the pointwise pass and the backward GEMMs.
+constexpr int64_t kBlock = 256;
 
 }  // namespace
 
-// h_out, c_out: [n, H], written.
-void lstm_forward(torch::Tensor z, torch::Tensor c, torch::Tensor h_out, torch::Tensor c_out) {
-  const int64_t n = c.size(0), H = c.size(1);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "lstm_forward", [&] {
-    const auto *zp = z.data_ptr<scalar_t>(), *cp = c.data_ptr<scalar_t>();
-    auto *hp = h_out.data_ptr<scalar_t>(), *cnp = c_out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, grain(H), [&](int64_t r0, int64_t r1) {
-      forward_rows(zp, cp, hp, cnp, r0, r1, H);
+// One layer forward: h', c' = cell([x h]·w + b, c), w = W·scale and b as kernels._gate_params.
+void lstm_forward(torch::Tensor x, torch::Tensor h, torch::Tensor c, torch::Tensor w,
+                  torch::Tensor b, torch::Tensor h_out, torch::Tensor c_out) {
+  const int64_t n = c.size(0), H = c.size(1), n_in = x.size(1);
+  const auto wx = w.narrow(0, 0, n_in), wh = w.narrow(0, n_in, H);
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lstm_forward", [&] {
+    at::parallel_for(0, n, kBlock, [&](int64_t r0, int64_t r1) {
+      auto z = at::empty({kBlock, 4 * H}, c.options());
+      for (int64_t r = r0; r < r1; r += kBlock) {
+        const int64_t rows = std::min(kBlock, r1 - r);
+        auto zb = z.narrow(0, 0, rows);
+        at::addmm_out(zb, b, x.narrow(0, r, rows), wx);
+        zb.addmm_(h.narrow(0, r, rows), wh);
+        forward_rows(zb.data_ptr<scalar_t>() - r * 4 * H, c.data_ptr<scalar_t>(),
+                     h_out.data_ptr<scalar_t>(), c_out.data_ptr<scalar_t>(), r, r + rows, H);
+      }
     });
   });
 }
 
-// dz_out: [n, 4H], dc_out: [n, H], written.
-void lstm_backward(torch::Tensor z, torch::Tensor c, torch::Tensor dh, torch::Tensor dc,
-                   torch::Tensor dz_out, torch::Tensor dc_out) {
-  const int64_t n = c.size(0), H = c.size(1);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "lstm_backward", [&] {
-    const auto *zp = z.data_ptr<scalar_t>(), *cp = c.data_ptr<scalar_t>();
-    const auto *dhp = dh.data_ptr<scalar_t>(), *dcp = dc.data_ptr<scalar_t>();
-    auto *dzp = dz_out.data_ptr<scalar_t>(), *dcpp = dc_out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, grain(H), [&](int64_t r0, int64_t r1) {
-      backward_rows(zp, cp, dhp, dcp, dzp, dcpp, r0, r1, H);
+// One layer backward from the carry: the gates are recomputed block by block, and per block
+// dz' (dL/dz / GRAD_FACTOR), d[x h] = dz'·wfᵀ (wf = W·scale·GRAD_FACTOR) and the partial
+// weight and bias gradients [x h]ᵀ·dz', Σ dz' (the caller multiplies them by the factor).
+// Returns (d[x h] [n, in+H], dc_prev [n, H], dw' [in+H, 4H], db' [4H]).
+std::vector<torch::Tensor> lstm_backward(torch::Tensor x, torch::Tensor h, torch::Tensor c,
+                                         torch::Tensor w, torch::Tensor b, torch::Tensor wf,
+                                         torch::Tensor dh, torch::Tensor dc) {
+  const int64_t n = c.size(0), H = c.size(1), n_in = x.size(1);
+  const auto wx = w.narrow(0, 0, n_in), wh = w.narrow(0, n_in, H);
+  const auto wft = wf.t();
+  auto dxh = at::empty({n, n_in + H}, c.options());
+  auto dcp = at::empty({n, H}, c.options());
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                               (n + kBlock - 1) / kBlock));
+  auto dw = at::zeros({parts, n_in + H, 4 * H}, c.options());
+  auto db = at::zeros({parts, 4 * H}, c.options());
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lstm_backward", [&] {
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      auto z = at::empty({kBlock, 4 * H}, c.options());
+      auto dz = at::empty({kBlock, 4 * H}, c.options());
+      for (int64_t p = p0; p < p1; ++p) {
+        auto dwx = dw[p].narrow(0, 0, n_in), dwh = dw[p].narrow(0, n_in, H);
+        auto dbp = db[p];
+        for (int64_t r = n * p / parts; r < n * (p + 1) / parts; r += kBlock) {
+          const int64_t rows = std::min(kBlock, n * (p + 1) / parts - r);
+          auto zb = z.narrow(0, 0, rows), dzb = dz.narrow(0, 0, rows);
+          const auto xb = x.narrow(0, r, rows), hb = h.narrow(0, r, rows);
+          at::addmm_out(zb, b, xb, wx);
+          zb.addmm_(hb, wh);
+          backward_rows(zb.data_ptr<scalar_t>() - r * 4 * H, c.data_ptr<scalar_t>(),
+                        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+                        dzb.data_ptr<scalar_t>() - r * 4 * H, dcp.data_ptr<scalar_t>(), r,
+                        r + rows, H);
+          auto dxhb = dxh.narrow(0, r, rows);
+          at::mm_out(dxhb, dzb, wft);
+          dwx.addmm_(xb.t(), dzb);
+          dwh.addmm_(hb.t(), dzb);
+          dbp.add_(dzb.sum(0));
+        }
+      }
     });
   });
+  return {dxh, dcp, dw.sum(0), db.sum(0)};
 }
