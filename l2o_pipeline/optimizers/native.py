@@ -1,17 +1,18 @@
-"""The LSTM cell's pointwise part as a C++ extension (``lstm_cell.cpp``), built at first use.
+"""Each LSTM layer as a C++ extension (``lstm_cell.cpp``), built at first use.
 
 Why: on CPU the eager kernels make ~15 passes over [n, 80] gate tensors per layer and step,
 each out of cache for the paper's 15,930 coordinates. Here each layer is one call per
 direction over 256-row blocks: a block's gate GEMMs, cell and (backward) GEMMs and weight-
 gradient sums run while its gates are in L2, and the backward recomputes the gates from the
-carry (x, h, c), so no gate tensor is ever stored. ``torch.utils.cpp_extension.load_inline`` compiles it with the machine's C++
-compiler (-O3 -march=native -ffast-math: vectorised exp) into torch's extension cache
-(``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), once per source and
-torch version; later processes load it in well under a second.
+carry (x, h, c), so no gate tensor is ever stored. ``torch.utils.cpp_extension.load_inline``
+compiles it with the machine's C++ compiler (-O3 -march=native -ffast-math: vectorised exp)
+into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``), once per source and torch version; later processes load it
+in well under a second.
 
-Switch: ``native`` key / ``L2O_NATIVE`` (``auto``: on CPU; ``false``: eager kernels). Where
-no compiler or ninja exists, or the build fails, one warning is logged and the eager kernels
-run instead (same numbers).
+Switch: ``L2O_NATIVE`` (``auto``: on CPU; ``false``: eager kernels) or :func:`set_native`.
+Where no compiler or ninja exists, or the build fails, one warning is logged and the eager
+kernels run instead (same numbers).
 """
 
 from __future__ import annotations
