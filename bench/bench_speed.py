@@ -38,7 +38,8 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
 Timings are medians over repeats, after one warm-up repeat; ``load_avg`` is the 1-minute load
 average when the measurement started (the figures are only comparable on a quiet machine).
 ``base_rss_mb`` is the RSS after imports and setup (``import torch`` alone is ~510 MB with a
-CUDA build, and ``torch.optim.Adam`` imports ~150 MB more), ``work_rss_mb`` = peak − base.
+CUDA build; the reference's ``torch.optim.Adam`` imports ~150 MB more, the fast path's
+``MetaAdam`` does not), ``work_rss_mb`` = peak − base.
 On a busy host, run with ``--omp-passive`` (``OMP_WAIT_POLICY=PASSIVE``) or ``--threads 1``:
 with the default policy idle OpenMP threads spin and steal the CPU from the working ones.
 """
