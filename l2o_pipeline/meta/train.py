@@ -22,6 +22,7 @@ import torch
 
 from l2o_pipeline.checkpoint import STATE_FORMAT, CheckpointError, load_file, optimizer_payload
 from l2o_pipeline.evaluate import evaluate
+from l2o_pipeline.meta.meta_adam import MetaAdam
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers.base import LearnedOptimizer, State, detach_state
 from l2o_pipeline.progress import Progress
@@ -155,7 +156,7 @@ def meta_train(
     out = Path(output_dir)
     variant = variant or model.name
     device = next(model.parameters()).device
-    meta_opt = torch.optim.Adam(model.parameters(), lr=settings.meta_lr)
+    meta_opt = MetaAdam(model.parameters(), lr=settings.meta_lr)  # torch.optim.Adam's update
     generator = torch.Generator().manual_seed(seed)
     weights = meta_loss_weights(settings.meta_loss, settings.unroll)
     n_periods = settings.steps_per_run // settings.unroll

@@ -14,6 +14,11 @@ meta-gradients over 100 steps) against a plain ``nn.LSTMCell`` version, ``bench/
   ``autograd.Function``: the forward stores the six per-unit factors the backward needs
   (same memory as the activations autograd would keep), so the backward is four passes and
   three matmuls per layer, and the graph holds ~6 nodes per step instead of ~40;
+- on CPU, the pointwise part is C++ (:mod:`l2o_pipeline.optimizers.native`, built at first
+  use, eager fallback): one fused pass over row blocks forward, and a backward that
+  recomputes the gates from the carry (x, h, c) and fuses the cell's whole backward into one
+  pass; it stores no gates (~7 MB instead of ~19 MB per step of the paper's task) at the
+  speed of the eager path that stores them;
 - without autograd (evaluation, ``torch_optim``), the same kernels run in place, no graph;
 - optionally, the pointwise kernels go through ``torch.compile`` (one fused loop each):
   :func:`set_compile` (the pipeline's ``compile`` key) or the ``L2O_COMPILE`` environment
@@ -36,6 +41,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from l2o_pipeline.optimizers import native
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +73,9 @@ _memory_saving = {"on": os.environ.get("L2O_SAVE_MEMORY", "0") == "1"}
 
 
 def set_memory_saving(on: bool) -> None:
-    """Trade time for memory in meta-training: keep only each LSTM layer's inputs and recompute
-    its gates in the backward (one more gate matmul and pointwise pass per layer and step).
+    """Eager kernels only (the C++ ones always recompute): trade time for memory in
+    meta-training, keep only each LSTM layer's inputs and recompute its gates in the backward
+    (one more gate matmul and pointwise pass per layer and step).
     Saved activations drop from ~19 MB to ~7 MB per step of the paper's training task. The
     default comes from the ``L2O_SAVE_MEMORY`` environment variable (``1``: on), else off."""
     _memory_saving["on"] = bool(on)
@@ -249,12 +257,22 @@ def _gate_params(weight, bias, scale, fmask, forget_bias):
     return weight * scale, torch.add(bias, fmask, alpha=forget_bias).mul_(scale)
 
 
+def _gates(x, h, w, b):
+    """z = x·W_x + h·W_h + b, [n, 4H]."""
+    n_in = x.shape[1]
+    return torch.addmm(b, x, w[:n_in]).addmm_(h, w[n_in:])
+
+
 def _cell_forward(x, h, c, w, b, hidden: int, train: bool):
     """(h', c', P or None): the gate matmuls, then one compiled or eager pointwise kernel."""
     if x.device.type == "cpu" and not _malloc_tuned["done"]:
         keep_freed_memory()
     n, n_in = x.shape
-    z = torch.addmm(b, x, w[:n_in]).addmm_(h, w[n_in:])
+    if not train and (ext := native.kernels_for(x)) is not None:  # GEMM + cell, block by block
+        h_new, c_new = x.new_empty(n, hidden), x.new_empty(n, hidden)
+        ext.lstm_forward(x.contiguous(), h.contiguous(), c.contiguous(), w, b, h_new, c_new)
+        return h_new, c_new, None
+    z = _gates(x, h, w, b)
     kernel = _compiled_kernel("fwd_train" if train else "fwd", x.device)
     if kernel is not None:
         out = kernel(z, c, hidden)
@@ -275,8 +293,11 @@ class _LSTMCellFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h, c, weight, bias, scale, fmask, grad_factor, forget_bias):
         w, b = _gate_params(weight, bias, scale, fmask, forget_bias)
-        ctx.recompute, ctx.forget_bias = _memory_saving["on"], forget_bias
+        # The C++ kernels always recompute (their backward fuses it); eager ones on request.
+        ctx.native = native.kernels_for(x) is not None
+        ctx.recompute, ctx.forget_bias = ctx.native or _memory_saving["on"], forget_bias
         if ctx.recompute:  # keep the inputs only; the backward recomputes the gates
+            c = c.contiguous()
             h_new, c_new, _ = _cell_forward(x, h, c, w, b, c.shape[1], train=False)
             ctx.save_for_backward(x, h, c, weight, bias, scale, fmask, grad_factor)
         else:
@@ -287,19 +308,31 @@ class _LSTMCellFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh, dc):
+        need_x, need_h, need_c, need_w, need_b = ctx.needs_input_grad[:5]
+        out = None
+        if ctx.native:  # the whole layer's backward from the carry, block by block in cache
+            x, h, c, weight, bias, scale, fmask, factor = ctx.saved_tensors
+            w, b = _gate_params(weight, bias, scale, fmask, ctx.forget_bias)
+            dxh, dc_prev, dw, db = native.kernels_for(x).lstm_backward(
+                x.contiguous(), h.contiguous(), c, w, b, weight * factor, dh.contiguous(),
+                dc.contiguous())
+            n_in = x.shape[1]
+            return (dxh[:, :n_in] if need_x else None, dxh[:, n_in:] if need_h else None,
+                    dc_prev if need_c else None, dw.mul_(factor) if need_w else None,
+                    db.mul_(factor) if need_b else None, None, None, None, None)
         if ctx.recompute:
             x, h, c, weight, bias, scale, fmask, factor = ctx.saved_tensors
             w, b = _gate_params(weight, bias, scale, fmask, ctx.forget_bias)
             _, _, P = _cell_forward(x, h, c, w, b, c.shape[1], train=True)
         else:
             x, h, weight, factor, P = ctx.saved_tensors
-        need_x, need_h, need_c, need_w, need_b = ctx.needs_input_grad[:5]
         n, n_in = x.shape
-        hidden = P.shape[1] // 6
+        hidden = weight.shape[1] // 4
         # dL/dz = dz'·GRAD_FACTOR and z used W·scale: factor = scale·GRAD_FACTOR, on the weights
         w = weight * factor
-        kernel = _compiled_kernel("bwd", P.device)
-        out = kernel(dh, dc, P, hidden) if kernel is not None else None
+        if out is None:
+            kernel = _compiled_kernel("bwd", P.device)
+            out = kernel(dh, dc, P, hidden) if kernel is not None else None
         if out is None:
             dc_prev = x.new_empty(n, hidden) if need_c else None
             dz = _bwd_eager(dh, dc, P, hidden, dc_prev)
