@@ -52,6 +52,8 @@ set_native(os.environ.get("L2O_NATIVE", "auto"))
 def build(build_directory: str | None = None):
     """Compile (or load from the cache) the extension; None, with one warning, if that fails."""
     try:
+        # Its import warns on every CPU-only machine that no CUDA runtime exists: irrelevant here.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         from torch.utils import cpp_extension
 
         kwargs = {"build_directory": build_directory} if build_directory else {}
