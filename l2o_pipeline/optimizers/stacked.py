@@ -1,0 +1,160 @@
+"""K learned optimizers of one architecture as one: their meta-parameters stacked ``[K, ...]``.
+
+Run k's coordinates are rows ``[k, :, :]`` of every tensor (θ and gradient ``[K, n]``, LSTM
+state ``[K, n, H]``), and its own weights multiply only them: the gate matmuls are ``bmm``
+over K, the pointwise work is the single-run kernels of :mod:`kernels` on ``[K·n, ·]``
+unchanged (they are coordinatewise). So the maths per run is the single run's, to float
+rounding (``tests/test_batched_k.py``), and K runs cost about what K processes cost on a CPU
+while a GPU gets K times the work per kernel launch.
+
+Why not ``torch.func.vmap`` over ``functional_call``: the fast path's ``autograd.Function``s
+save tensors through ``ctx`` in ``forward`` and write into ``out=`` buffers, which vmap cannot
+batch; a batched twin of the two layers (here) costs less than making them vmappable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from l2o_pipeline.optimizers import kernels
+from l2o_pipeline.optimizers.base import LearnedOptimizer, State
+from l2o_pipeline.optimizers.learned import DMOptimizer, LSTMOptimizer, RNNprop
+
+
+def stack_parameters(models: list[LearnedOptimizer]) -> dict[str, torch.Tensor]:
+    """``{name: [K, ...]}``, differentiable: the meta-gradient reaches every model's own
+    leaves (so each keeps its own meta-optimizer and checkpoints as a single run)."""
+    names = [name for name, _ in models[0].named_parameters()]
+    per_model = [dict(m.named_parameters()) for m in models]
+    return {name: torch.stack([p[name] for p in per_model]) for name in names}
+
+
+def _pad_rows(t: torch.Tensor, n: int, n_max: int) -> torch.Tensor:
+    if t.dim() == 0 or t.shape[0] != n:
+        return t.reshape(1)  # shared across coordinates (β^t): one value per run
+    if n == n_max:
+        return t
+    return torch.cat([t, t.new_zeros(n_max - n, *t.shape[1:])])
+
+
+def stack_states(states: list[State], sizes: list[int]) -> State:
+    """Per-run states (``init_state(n_k)`` layouts) as one: per-coordinate tensors ``[K, n_max,
+    ...]`` (runs with fewer coordinates padded with zeros), shared ones ``[K, 1]``."""
+    n_max = max(sizes)
+    return tuple(torch.stack([_pad_rows(s, n, n_max) for s, n in zip(parts, sizes)])
+                 for parts in zip(*states))
+
+
+def unstack_state(state: State, k: int, like: State, n: int) -> State:
+    """Run k's part of a stacked state, in the shapes of ``like`` (its single-run state)."""
+    return tuple(s[k, :n] if ref.dim() and ref.shape[0] == n else s[k].reshape(ref.shape)
+                 for s, ref in zip(state, like))
+
+
+# ------------------------------------------------------------------------------ stacked layers
+
+
+class _StackedLSTMCell(torch.autograd.Function):
+    """:class:`kernels._LSTMCellFunction` with per-run weights ``[K, in+H, 4H]``."""
+
+    @staticmethod
+    def forward(ctx, x, h, c, weight, bias, scale, fmask, grad_factor, forget_bias):
+        K, n, n_in = x.shape
+        H = c.shape[-1]
+        w = weight * scale
+        b = torch.add(bias, fmask, alpha=forget_bias).mul_(scale)
+        z = torch.baddbmm(b.unsqueeze(1), x, w[:, :n_in]).baddbmm_(h, w[:, n_in:])
+        z, c = z.view(K * n, 4 * H), c.reshape(K * n, H)
+        kernel = kernels._compiled_kernel("fwd_train", x.device)
+        out = kernel(z, c, H) if kernel is not None else None
+        if out is None:
+            h_new, c_new, P = x.new_empty(K * n, H), x.new_empty(K * n, H), x.new_empty(
+                K * n, 6 * H)
+            kernels._fwd_train_eager(z, c, H, h_new, c_new, P)
+        else:
+            h_new, c_new, P = out
+        ctx.save_for_backward(x, h, weight, grad_factor, P)
+        return h_new.view(K, n, H), c_new.view(K, n, H)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dc):
+        x, h, weight, factor, P = ctx.saved_tensors
+        K, n, n_in = x.shape
+        H = P.shape[1] // 6
+        dh, dc = dh.reshape(K * n, H), dc.reshape(K * n, H)
+        kernel = kernels._compiled_kernel("bwd", P.device)
+        out = kernel(dh, dc, P, H) if kernel is not None else None
+        if out is None:
+            dc_prev = x.new_empty(K * n, H)
+            dz = kernels._bwd_eager(dh, dc, P, H, dc_prev)
+        else:
+            dz, dc_prev = out
+        dz = dz.view(K, n, 4 * H)
+        w = weight * factor  # dL/dz = dz'·GRAD_FACTOR, and z used W·scale (see kernels)
+        dxh = torch.bmm(dz, w.transpose(1, 2))
+        dw = torch.cat([torch.bmm(x.transpose(1, 2), dz), torch.bmm(h.transpose(1, 2), dz)],
+                       dim=1).mul_(factor)
+        db = dz.sum(1).mul_(factor)
+        return (dxh[..., :n_in], dxh[..., n_in:], dc_prev.view(K, n, H), dw, db,
+                None, None, None, None)
+
+
+class _StackedLinearELU(torch.autograd.Function):
+    """ELU(x·Wᵀ + b) with per-run ``W [K, out, in]``, ``b [K, out]``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        y = kernels._elu_eager(torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)))
+        ctx.save_for_backward(x, weight, y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, y = ctx.saved_tensors
+        dpre = torch.clamp_max(y, 0.0).add_(1.0).mul_(dy)  # ELU' = e^p = y + 1 where p ≤ 0
+        return (torch.bmm(dpre, weight), torch.bmm(x.transpose(1, 2), dpre).transpose(1, 2),
+                dpre.sum(1))
+
+
+# --------------------------------------------------------------------------- the stacked step
+
+
+def _rnnprop_features(model: RNNprop, params, grad, state):
+    features, moments = model.inputs(grad, state[:4])
+    x = _StackedLinearELU.apply(features, params["preprocess.weight"], params["preprocess.bias"])
+    return x, moments, state[4:]
+
+
+def _dmoptimizer_features(model: DMOptimizer, params, grad, state):
+    return model.inputs(grad), (), state
+
+
+# What each learned optimizer feeds its LSTM core: (LSTM input, other state, LSTM state).
+STACKED_FEATURES = {RNNprop: _rnnprop_features, DMOptimizer: _dmoptimizer_features}
+
+
+def supports(model: LearnedOptimizer) -> bool:
+    return type(model) in STACKED_FEATURES
+
+
+def stacked_step(model: LSTMOptimizer, params: dict[str, torch.Tensor], grad: torch.Tensor,
+                 state: State) -> tuple[torch.Tensor, State]:
+    """``model.step`` for K runs at once: ``grad [K, n]``, ``params`` from
+    :func:`stack_parameters`, ``state`` from :func:`stack_states`; ``model`` supplies the
+    hyper-parameters (shared by the K runs) and the layers' constant buffers."""
+    x, other, lstm_state = STACKED_FEATURES[type(model)](model, params, grad, state)
+    new_state = []
+    for layer, cell in enumerate(model.cells):
+        h, c = _StackedLSTMCell.apply(
+            x, lstm_state[2 * layer], lstm_state[2 * layer + 1],
+            params[f"cells.{layer}.weight"], params[f"cells.{layer}.bias"], cell._gate_scale,
+            cell._forget_mask, cell._grad_factor, float(cell.forget_bias))
+        new_state += [h, c]
+        x = h
+    K = x.shape[0]
+    out = torch.baddbmm(params["output.bias"].view(K, 1, 1), x,
+                        params["output.weight"].transpose(1, 2)).squeeze(-1)
+    return model.readout(out), tuple(other) + tuple(new_state)
