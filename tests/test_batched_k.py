@@ -194,3 +194,27 @@ def test_jobs_that_cannot_batch_are_refused_before_any_work(tmp_path, change, ma
     with pytest.raises(ValueError, match=match):
         meta_train_batched(jobs, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_command_line_writes_one_folder_per_job(tmp_path, capsys):
+    from l2o_pipeline.batched_meta_train import main
+
+    out = tmp_path / "batched"
+    assert main(["--experiments", "rnnprop,rnnprop_no_cc", "--seeds", "0,1", "--out", str(out),
+                 "debug=default", "optimizee.hidden=2", "meta_train.n_iterations=1"]) == 0
+    summary = (out / "batched_summary.json").read_text()
+    for experiment in ("rnnprop", "rnnprop_no_cc"):
+        for seed in (0, 1):
+            folder = out / experiment / f"seed_{seed}"
+            assert (folder / "best.pt").is_file() and (folder / "metrics.jsonl").is_file()
+            assert f'"folder": "{folder}"' in summary
+    assert '"batch_size_k": 4' in summary  # one architecture: one batch
+
+
+def test_the_command_line_refuses_an_unknown_experiment(tmp_path, capsys):
+    from l2o_pipeline.batched_meta_train import main
+
+    assert main(["--experiments", "rnnprop,nonesuch", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nonesuch" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from l2o_pipeline.checkpoint import STATE_FORMAT, optimizer_payload
+from l2o_pipeline.errors import UserError
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.meta.train import (
     MetaTrainResult,
@@ -65,35 +66,36 @@ class MetaTrainJob:
 
 
 def check_jobs(jobs: Sequence[MetaTrainJob]) -> None:
-    """Refuse, before any work, K jobs that cannot run as one computation."""
+    """Refuse, before any work, K jobs that cannot run as one computation (a UserError
+    naming the job and what would be valid)."""
     if not jobs:
-        raise ValueError("batched meta-training needs at least one job")
+        raise UserError("batched meta-training needs at least one job")
     first = jobs[0]
     for i, job in enumerate(jobs):
         job.settings.validate()
         if not stacked.supports(job.model):
-            raise ValueError(f"job {i}: batched meta-training supports "
+            raise UserError(f"job {i}: batched meta-training supports "
                              f"{sorted(c.name for c in stacked.STACKED_FEATURES)}, not "
                              f"{job.model.name!r}")
         if type(job.model) is not type(first.model) or job.model.hparams() != \
                 first.model.hparams():
-            raise ValueError(f"job {i}: optimizer {job.model.name} {job.model.hparams()} differs "
+            raise UserError(f"job {i}: optimizer {job.model.name} {job.model.hparams()} differs "
                              f"from job 0's {first.model.name} {first.model.hparams()}; batched "
                              "jobs share one architecture (run the others as another batch)")
         if job.settings.unroll != first.settings.unroll:
-            raise ValueError(f"job {i}: horizon.unroll={job.settings.unroll}, job 0's is "
+            raise UserError(f"job {i}: horizon.unroll={job.settings.unroll}, job 0's is "
                              f"{first.settings.unroll}; batched jobs share the truncation")
         if job.settings.second_order:
-            raise ValueError(f"job {i}: meta_train.second_order=true is not batched; run it "
+            raise UserError(f"job {i}: meta_train.second_order=true is not batched; run it "
                              "with meta_train")
         if job.settings.selection == "validation" and job.validation_task is None:
-            raise ValueError(f"job {i}: meta_train.selection=validation needs a validation task")
+            raise UserError(f"job {i}: meta_train.selection=validation needs a validation task")
         device = next(job.model.parameters()).device
         if device != next(first.model.parameters()).device:
-            raise ValueError(f"job {i}: its model is on {device}, job 0's is not")
+            raise UserError(f"job {i}: its model is on {device}, job 0's is not")
     outs = [Path(j.output_dir).resolve() for j in jobs]
     if len(set(outs)) != len(outs):
-        raise ValueError("batched jobs need one output folder each; got the same one twice")
+        raise UserError("batched jobs need one output folder each; got the same one twice")
 
 
 class _Run:
