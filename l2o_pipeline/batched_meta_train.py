@@ -9,8 +9,9 @@ compose it (W&B off: ``logger=none``, JSONL metrics only), and written to
 ``meta_train`` writes (checkpoints, ``best.pt``, ``final.pt``, resumable ``state.pt``), so
 ``l2o stage=evaluate evaluation.checkpoint=<that folder>`` evaluates it. These are not the
 grid's cells (no fingerprint, no DONE record). Jobs that share an architecture run as one
-batch; the batches run one after another. ``--time-budget-s``: stop every batch at an
-iteration boundary once the budget is spent (their states are saved; rerunning continues).
+batch; the batches run one after another. ``--time-budget-s``: each batch gets an equal share
+of what is left of the budget and stops at an iteration boundary once its share is spent (the
+states are saved; rerunning continues).
 ``<out>/batched_summary.json`` records what each job did.
 """
 
@@ -111,19 +112,22 @@ def run_batched(experiments: list[str], seeds: list[int], out: str | Path,
         folder.mkdir(parents=True, exist_ok=True)
         write_text(folder / "config_resolved.yaml", OmegaConf.to_yaml(job.config))
         job.writer = make_writer(folder, None, job.config)
-    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
+    end = None if time_budget_s is None else time.perf_counter() + time_budget_s
     groups: dict[tuple, list] = {}
     for entry in jobs:
         groups.setdefault(architecture(entry[2]), []).append(entry)
     records = []
-    for members in groups.values():
+    for g, members in enumerate(groups.values()):
+        # each batch gets an equal share of what is left of the budget
+        deadline = None if end is None else time.perf_counter() + (
+            end - time.perf_counter()) / (len(groups) - g)
         log.info("batched meta-training of %d jobs: %s", len(members),
                  ", ".join(f"{e}/seed_{c.seed}" for e, c, _ in members))
         start = time.perf_counter()
         try:
             results = meta_train_batched(
                 [job for _, _, job in members], progress=progress,
-                should_stop=lambda: deadline is not None and time.perf_counter() > deadline)
+                should_stop=lambda d=deadline: d is not None and time.perf_counter() > d)
         finally:
             for _, _, job in members:
                 job.writer.close()

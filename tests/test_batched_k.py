@@ -218,3 +218,26 @@ def test_the_command_line_refuses_an_unknown_experiment(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nonesuch" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
+    """bench/gpu_check.py --device cpu --dry-run: every step runs and writes its records."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "gpu_check.py"), "--device",
+                           "cpu", "--dry-run", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600, cwd=repo)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [s["step"] for s in record["steps"]] == ["consistency", "bench", "meta_train"]
+    checks = json.loads((tmp_path / "consistency.json").read_text())["checks"]
+    assert checks["batched_k_meta_params"]["ok"] and checks["meta_gradient"]["ok"]
+    assert json.loads((tmp_path / "bench.jsonl").read_text().splitlines()[-1])["steps_per_s"] > 0
+    summary = json.loads((tmp_path / "paper_meta_train" / "batched_summary.json").read_text())
+    assert {j["experiment"] for j in summary["jobs"]} == {"rnnprop", "dm_quadratic"}
+    assert all(j["iterations"] >= 1 for j in summary["jobs"])

@@ -264,31 +264,33 @@ def unroll_period(runs: list[_Run], batch_tasks: bool = True
                          for r, n in zip(runs, sizes)])
     state = stacked.stack_states([detach_state(r.state) for r in runs], sizes)
     batched = _batched_task(runs) if batch_tasks else None
-    weights = torch.tensor([r.weights for r in runs], dtype=theta.dtype)  # [K, unroll + 1]
+    # per-step weights [unroll + 1, K] on the device once per period; which are non-zero,
+    # as Python booleans, for the control flow (no host sync)
+    weights = torch.tensor([r.weights for r in runs], dtype=theta.dtype).t().to(theta.device)
+    nonzero = [[r.weights[t] != 0 for r in runs] for t in range(unroll + 1)]
     surrogate = theta.new_zeros(len(runs))
     value = theta.new_zeros(len(runs))
     for t in range(unroll + 1):
-        w = weights[:, t]
-        active = w != 0
-        if t == unroll and not active.any():
+        w, active = weights[t], nonzero[t]
+        if t == unroll and not any(active):
             break
-        if t == unroll and not active.all():
+        if t == unroll and not all(active):
             # only the runs that weigh f(θ_unroll) draw its minibatch, as in their single runs
-            idx = active.nonzero().flatten().tolist()
+            idx = [i for i, on in enumerate(active) if on]
             sub = [runs[i] for i in idx]
             loss, grad = _loss_and_grad(sub, theta[idx],
                                         _batched_task(sub) if batch_tasks else None,
                                         [sizes[i] for i in idx])
-            surrogate[idx] = surrogate[idx] + w[idx].to(theta.device) * (grad * theta[idx]).sum(-1)
-            value[idx] = value[idx] + w[idx].to(theta.device) * loss
+            surrogate[idx] = surrogate[idx] + w[idx] * (grad * theta[idx]).sum(-1)
+            value[idx] = value[idx] + w[idx] * loss
             break
         loss, grad = _loss_and_grad(runs, theta, batched, sizes)
-        if active.any():
+        if any(active):
             # a zero weight leaves its run untouched even where its gradient is not finite
-            w_dev, mask = w.to(theta.device), active.to(theta.device)
+            mask = w != 0
             dot = (torch.where(mask.unsqueeze(1), grad, 0.0) * theta).sum(-1)
-            surrogate = surrogate + w_dev * dot
-            value = value + torch.where(mask, w_dev * loss, 0.0)
+            surrogate = surrogate + w * dot
+            value = value + torch.where(mask, w * loss, 0.0)
         if t < unroll:
             update, state = stacked.stacked_step(template, params, grad, state)
             theta = theta + update
@@ -327,7 +329,6 @@ def meta_train_batched(jobs: Sequence[MetaTrainJob],
         while True:
             # A stop lets every run finish its iteration (its state is saved at iteration
             # boundaries only, so that a resume is exact), then saves them all.
-            stopping = stopping or should_stop()
             active = [r for r in runs if not r.done and not (stopping and r.theta is None)]
             if not active:
                 break
@@ -339,6 +340,7 @@ def meta_train_batched(jobs: Sequence[MetaTrainJob],
             for r, value, ok in zip(active, values.tolist(), finite.tolist()):
                 if r.end_period(value, ok):
                     bar.update(1)
+            stopping = stopping or should_stop()
     if stopping:
         for r in runs:
             if not r.done:
