@@ -61,7 +61,7 @@ def consistency(device: str, dry_run: bool) -> dict:
     steps = 10 if dry_run else 100
 
     def task_on(dev):
-        data = synthetic_dataset("synthetic_mnist", n=512, seed=0, device=dev)
+        data = synthetic_dataset("synthetic_mnist", n=512, seed=0).to(dev)
         return Combined([RandomScaling(MLPTask(data, hidden=hidden), 3.0),
                          RandomScaling(SquareTask(20, device=dev), 1.0)])
 
@@ -136,7 +136,7 @@ def _step_meta_train(args, budget_s: float) -> list[str]:
     overrides = [f"device={args.device}", "meta_train.n_iterations=10000",
                  "meta_train.checkpoint_every=100", "meta_train.state_every=10"]
     if args.dry_run:
-        experiments, seeds = "rnnprop,dm_quadratic", "0"
+        experiments, seeds = "rnnprop,dmoptimizer", "0"  # two batches, MLPs
         overrides += ["debug=default", "optimizee.hidden=2"]
     else:
         experiments, seeds = _paper_meta_train_grid()

@@ -239,5 +239,5 @@ def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
     assert checks["batched_k_meta_params"]["ok"] and checks["meta_gradient"]["ok"]
     assert json.loads((tmp_path / "bench.jsonl").read_text().splitlines()[-1])["steps_per_s"] > 0
     summary = json.loads((tmp_path / "paper_meta_train" / "batched_summary.json").read_text())
-    assert {j["experiment"] for j in summary["jobs"]} == {"rnnprop", "dm_quadratic"}
+    assert {j["experiment"] for j in summary["jobs"]} == {"rnnprop", "dmoptimizer"}
     assert all(j["iterations"] >= 1 for j in summary["jobs"])

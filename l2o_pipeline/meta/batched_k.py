@@ -15,8 +15,8 @@ single run would. ``tests/test_batched_k.py`` pins it to K separate ``meta_train
     results = meta_train_batched([MetaTrainJob(model_k, task_k, settings_k, out_k, seed=k)
                                   for k in range(3)])
 
-From the command line: ``python -m l2o_pipeline.meta.batched_k experiment=rnnprop seed=0,1,2``
-(one process; see :func:`main`).
+From the command line (experiments × seeds composed as ``l2o`` composes them):
+``python -m l2o_pipeline.batched_meta_train --experiments rnnprop --seeds 0,1,2 --out DIR``.
 """
 
 from __future__ import annotations
