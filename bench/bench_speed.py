@@ -19,6 +19,11 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   the fast rows carry ``speedup_vs_reference`` (ratio of median step times).
 - ``*/compiled`` (unless ``--quick`` or ``--compile false``): the fast path with the pointwise
   kernels under ``torch.compile``; ``compile_s`` is the extra time of the first iteration.
+- ``meta_train/rnnprop/batched_k``: K = 3 meta-trainings (seeds 0-2) as one batched
+  computation (``meta.batched_k``); ``ms_per_step`` is per inner step of the three together,
+  ``speedup_vs_k_single`` = 3 × the single row's / it (above 1: faster than 3 processes
+  one after another on the same cores), ``speedup_vs_reference`` likewise against 3 × the
+  reference row.
 - ``meta_train/rnnprop/save_memory`` (unless ``--quick``): ``kernels.set_memory_saving(True)``,
   the gates recomputed in the backward instead of stored.
 - ``evaluate/{adam,rnnprop}/batched``: ``batched.evaluate_batched`` of one optimizer over
@@ -171,6 +176,40 @@ def measure_meta_train(args, family, variant):
         times = [start] + stamps.times
     per_iter = [b - a for a, b in zip(times, times[1:])]
     return _result(args, per_iter, base_rss, n_coords=task.n_params)
+
+
+BATCHED_K = 3  # runs of meta_train/rnnprop/batched_k
+
+
+def measure_meta_train_batched_k(args, family):
+    """K = 3 meta-trainings (seeds 0-2) of ``family`` on its training task as one batched
+    computation (``meta.batched_k``), timed per iteration of all K; ``ms_per_step`` is per
+    inner step of the K runs together, so K processes of the single row would take K times
+    that row's (``speedup_vs_k_single``)."""
+    torch, dataset = _setup(args)
+    from l2o_pipeline.meta import MetaTrainSettings
+    from l2o_pipeline.meta.batched_k import MetaTrainJob, meta_train_batched
+
+    task, meta_loss = _training_task(dataset, family, args.device)
+    models = []
+    for seed in range(BATCHED_K):
+        torch.manual_seed(seed)
+        models.append(_build_model(torch, family, args.device))
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its imports, as the single row
+    base_rss = _rss_mb()
+    settings = MetaTrainSettings(
+        n_iterations=1 + args.repeats, steps_per_run=N_STEPS, unroll=UNROLL, meta_lr=1e-4,
+        meta_loss=meta_loss, checkpoint_every=10**9, state_every=10**9, selection="last",
+        log_every=1)
+    stamps = _Stamps(torch, args.device)
+    with tempfile.TemporaryDirectory() as out:
+        jobs = [MetaTrainJob(m, task, settings, Path(out) / str(k), seed=k,
+                             writer=stamps if k == 0 else None) for k, m in enumerate(models)]
+        start = time.perf_counter()
+        meta_train_batched(jobs, progress=False)
+    times = [start] + stamps.times
+    per_iter = [b - a for a, b in zip(times, times[1:])]
+    return _result(args, per_iter, base_rss, n_coords=task.n_params, k=BATCHED_K)
 
 
 def measure_apply(args, family, variant):
@@ -354,7 +393,9 @@ def worker(args):
     kind, family, *rest = args.name.split("/")
     variant = rest[0] if rest else "fast"
     load = os.getloadavg()[0]
-    if kind in ("evaluate", "tune"):
+    if variant == "batched_k":
+        result = measure_meta_train_batched_k(args, family)
+    elif kind in ("evaluate", "tune"):
         variant = "sequential" if variant == "sequential" else "batched"
         result = measure_evaluate(args, family, variant, kind)
     else:
@@ -380,6 +421,7 @@ def measurements(quick: bool, compile_mode: str) -> list[tuple[str, str]]:
         for family in ("rnnprop", "dmoptimizer"):  # reference first: the fast row cites it
             rows += [(f"{kind}/{family}/reference", "false"), (f"{kind}/{family}", fast)]
         rows.append((f"{kind}/rnnprop/eager", fast))
+    rows.append(("meta_train/rnnprop/batched_k", fast))
     if not quick:
         rows.append(("meta_train/rnnprop/save_memory", fast))
     for name in ("evaluate/adam", "evaluate/rnnprop", "tune/adam"):  # sequential first
@@ -476,6 +518,9 @@ def _annotate(results: dict, name: str) -> None:
         return
     if name.startswith("limit/"):
         return
+    if name.endswith("/batched_k"):  # K runs at once against K single runs / K references
+        _annotate_batched_k(results, name)
+        return
     kind, family = name.split("/")[:2]
     limit = results.get(f"limit/{family}/{kind}")
     if limit is not None:  # the share of this machine's limit that the row reaches
@@ -487,6 +532,15 @@ def _annotate(results: dict, name: str) -> None:
     adam = results.get("apply/adam")
     if name.startswith("apply/") and adam is not None:
         result["cost_vs_adam"] = round(result["ms_per_step"] / adam["ms_per_step"], 2)
+
+
+def _annotate_batched_k(results: dict, name: str) -> None:
+    result, base = results[name], name.removesuffix("/batched_k")
+    k = result["k"]
+    for key, row in (("speedup_vs_k_single", results.get(base)),
+                     ("speedup_vs_reference", results.get(f"{base}/reference"))):
+        if row is not None:
+            result[key] = round(k * row["ms_per_step"] / result["ms_per_step"], 2)
 
 
 if __name__ == "__main__":

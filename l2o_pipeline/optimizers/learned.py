@@ -124,8 +124,12 @@ class RNNprop(LSTMOptimizer):
         features, moments = self.inputs(grad, state)
         x = linear_elu(features, self.preprocess)  # F.elu(self.preprocess(features)), fused
         out, lstm_state = self._lstm(x, state[4:])
+        return self.readout(out), moments + lstm_state
+
+    def readout(self, out):
+        """The update from the LSTM's linear output."""
         # The official code subtracts α·tanh(a); keep the sign so official weights load.
-        return -self.alpha * torch.tanh(out), moments + lstm_state
+        return -self.alpha * torch.tanh(out)
 
 
 # Input features per coordinate of each DMoptimizer preprocessing.
@@ -180,7 +184,11 @@ class DMOptimizer(LSTMOptimizer):
 
     def step(self, grad, state):
         out, lstm_state = self._lstm(self.inputs(grad), state)
-        return self.output_scale * out, lstm_state
+        return self.readout(out), lstm_state
+
+    def readout(self, out):
+        """The update from the LSTM's linear output."""
+        return self.output_scale * out
 
 
 # DeepMind's own settings of the same model (its conf/optimizer file gives them).
