@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from l2o_pipeline.evaluate import run_optimizer
+from l2o_pipeline.evaluate import frozen_final_loss, run_optimizer
 from l2o_pipeline.optimizees.base import Batch, Task
 from l2o_pipeline.optimizers.base import Optimizer
 
@@ -91,11 +91,5 @@ def run_optimizer_graphed(task: Task, optimizer: Optimizer, theta0: torch.Tensor
             _copy_into(static_batch, task.sample_batch(gen))
         graph.replay()
         curve[t] = loss_out
-    # The final-loss pass as run_optimizer makes it: the frozen θ over the batches seen.
-    gen = torch.Generator().manual_seed(batch_seed)
-    total, count = torch.zeros((), device=theta.device), 0
-    for t in range(n_steps):
-        batch = task.sample_batch(gen)
-        if final_loss == "average_over_seen" or t == n_steps - 1:
-            total, count = total + task.loss(theta, batch), count + 1
-    return curve.cpu(), (total / count).item(), True
+    final = frozen_final_loss(task, theta, batch_seed, n_steps, final_loss)
+    return curve.cpu(), final.item(), True

@@ -76,16 +76,20 @@ def run_optimizer(task: Task, optimizer: Optimizer, theta0: torch.Tensor, batch_
         theta = theta + update
         if on_step is not None:
             on_step(t)
-    # Re-draw the same minibatches (lazily: 10,000 MNIST batches would not fit in memory)
-    # to average the frozen final parameters over them.
+    return curve.cpu(), frozen_final_loss(task, theta, batch_seed, n_steps, final_loss).item()
+
+
+def frozen_final_loss(task: Task, theta: torch.Tensor, batch_seed: int, n_steps: int,
+                      final_loss: str = "average_over_seen") -> torch.Tensor:
+    """The final loss of a run: its frozen final ``theta`` averaged over the minibatches the
+    run saw (re-drawn lazily: 10,000 MNIST batches would not fit in memory), or on the last."""
     gen = torch.Generator().manual_seed(batch_seed)
     total, count = torch.zeros((), device=theta.device), 0
     for t in range(n_steps):
         batch = task.sample_batch(gen)
         if final_loss == "average_over_seen" or t == n_steps - 1:
             total, count = total + task.loss(theta, batch), count + 1
-    total = total / count
-    return curve.cpu(), total.item()
+    return total / count
 
 
 def check_evaluation_args(optimizers: Mapping, n_steps: int, n_runs: int,

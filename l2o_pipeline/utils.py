@@ -49,3 +49,14 @@ def check_one_of(name: str, value, valid: Iterable, owner: str | None = None) ->
     valid = list(valid)
     if value not in valid:
         raise ArgumentError(name, value, f"one of {valid}", owner)
+
+
+def switch_mode(what: str, mode, valid: tuple[str, ...], on: str) -> str:
+    """A switch's mode from a config or environment value: ``True``/``False`` mean ``on`` and
+    ``"false"``; strings are case-insensitive and must be one of ``valid``."""
+    if isinstance(mode, bool):
+        mode = on if mode else "false"
+    mode = str(mode).lower()
+    if mode not in valid:
+        raise ValueError(f"{what} must be one of {valid}, got {mode!r}")
+    return mode

@@ -32,13 +32,13 @@ import torch
 
 from l2o_pipeline.checkpoint import STATE_FORMAT, optimizer_payload
 from l2o_pipeline.errors import UserError
-from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.meta.train import (
     MetaTrainResult,
     MetaTrainSettings,
     _save_training_state,
     load_training_state,
     meta_loss_weights,
+    select_checkpoint,
 )
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers import kernels, stacked
@@ -183,30 +183,9 @@ class _Run:
         })
 
     def _select(self, iteration: int) -> None:
-        """Checkpoint and apply the model-selection rule, as :func:`meta_train` does."""
-        s, p, job = self.s, self.progress, self.job
-        if s.selection == "ema_train_loss":
-            score = p["ema"]
-        elif s.selection == "validation":
-            results = evaluate(job.validation_task, {"model": self.model}, s.validation_steps,
-                               s.validation_runs, seed=job.seed + 1, progress=False)
-            final = results["model"].final_losses
-            finite = final[torch.isfinite(final)]
-            score = finite.mean().item() if len(finite) else math.inf
-        else:
-            score = -iteration
-        score = math.inf if score is None or not math.isfinite(score) else float(score)
-        record = {"rule": s.selection, "score": score, "iteration": iteration,
-                  "ema_decay": s.ema_decay}
-        payload = optimizer_payload(self.model, self.variant, job.config, iteration=iteration,
-                                    selection=record)
-        save_torch(self.ckpt_dir / f"iter_{iteration:07d}.pt", payload)
-        if score <= p["best_score"] or p["best_iteration"] is None:
-            p["best_score"], p["best_iteration"] = score, iteration
-            payload["selection"] = {**record, "chosen": True}
-            save_torch(self.out / "best.pt", payload)
-        if job.writer is not None:
-            job.writer.log({"meta/selection_score": score}, step=iteration)
+        select_checkpoint(self.model, self.variant, self.job.config, self.s, self.progress,
+                          iteration, self.out, self.job.validation_task, self.job.seed,
+                          self.job.writer)
 
     def result(self) -> MetaTrainResult:
         final = None

@@ -133,6 +133,37 @@ def truncated_meta_loss(model: LearnedOptimizer, task: Task, theta: torch.Tensor
     return surrogate, value, theta, state
 
 
+def select_checkpoint(model: LearnedOptimizer, variant: str, config, settings: MetaTrainSettings,
+                      progress_state: dict, iteration: int, out: Path, validation_task,
+                      seed: int, writer=None) -> None:
+    """Checkpoint the meta-parameters at ``iteration`` and apply the model-selection rule:
+    ``best.pt`` and ``progress_state``'s best when the score is the best so far."""
+    if settings.selection == "ema_train_loss":
+        score = progress_state["ema"]
+    elif settings.selection == "validation":
+        results = evaluate(validation_task, {"model": model}, settings.validation_steps,
+                           settings.validation_runs, seed=seed + 1, progress=False)
+        # The mean over the finite runs, not the summary's mean (which also leaves out
+        # runs far above their initial loss): a resumed meta-training must score its
+        # checkpoints as it did before that rule existed.
+        final = results["model"].final_losses
+        finite = final[torch.isfinite(final)]
+        score = finite.mean().item() if len(finite) else math.inf
+    else:
+        score = -iteration
+    score = math.inf if score is None or not math.isfinite(score) else float(score)
+    record = {"rule": settings.selection, "score": score, "iteration": iteration,
+              "ema_decay": settings.ema_decay}
+    payload = optimizer_payload(model, variant, config, iteration=iteration, selection=record)
+    save_torch(out / "checkpoints" / f"iter_{iteration:07d}.pt", payload)
+    if score <= progress_state["best_score"] or progress_state["best_iteration"] is None:
+        progress_state["best_score"], progress_state["best_iteration"] = score, iteration
+        payload["selection"] = {**record, "chosen": True}
+        save_torch(out / "best.pt", payload)
+    if writer is not None:
+        writer.log({"meta/selection_score": score}, step=iteration)
+
+
 def meta_train(
     model: LearnedOptimizer,
     task: Task,
@@ -182,31 +213,8 @@ def meta_train(
         })
 
     def select(iteration: int) -> None:
-        """Checkpoint the meta-parameters and apply the model-selection rule."""
-        if settings.selection == "ema_train_loss":
-            score = progress_state["ema"]
-        elif settings.selection == "validation":
-            results = evaluate(validation_task, {"model": model}, settings.validation_steps,
-                               settings.validation_runs, seed=seed + 1, progress=False)
-            # The mean over the finite runs, not the summary's mean (which also leaves out
-            # runs far above their initial loss): a resumed meta-training must score its
-            # checkpoints as it did before that rule existed.
-            final = results["model"].final_losses
-            finite = final[torch.isfinite(final)]
-            score = finite.mean().item() if len(finite) else math.inf
-        else:
-            score = -iteration
-        score = math.inf if score is None or not math.isfinite(score) else float(score)
-        record = {"rule": settings.selection, "score": score, "iteration": iteration,
-                  "ema_decay": settings.ema_decay}
-        payload = optimizer_payload(model, variant, config, iteration=iteration, selection=record)
-        save_torch(ckpt_dir / f"iter_{iteration:07d}.pt", payload)
-        if score <= progress_state["best_score"] or progress_state["best_iteration"] is None:
-            progress_state["best_score"], progress_state["best_iteration"] = score, iteration
-            payload["selection"] = {**record, "chosen": True}
-            save_torch(out / "best.pt", payload)
-        if writer is not None:
-            writer.log({"meta/selection_score": score}, step=iteration)
+        select_checkpoint(model, variant, config, settings, progress_state, iteration, out,
+                          validation_task, seed, writer)
 
     start = time.perf_counter() - progress_state["elapsed"]
     interrupted = False

@@ -43,6 +43,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from l2o_pipeline.optimizers import native
+from l2o_pipeline.utils import switch_mode
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,7 @@ def set_compile(mode: str | bool) -> None:
     """Whether the pointwise kernels run through ``torch.compile``: ``"true"``, ``"false"`` or
     ``"auto"`` (compile on CUDA only). The default comes from the ``L2O_COMPILE`` environment
     variable, else ``"auto"``."""
-    if isinstance(mode, bool):
-        mode = "true" if mode else "false"
-    mode = str(mode).lower()
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-    _compile_mode["mode"] = mode
+    _compile_mode["mode"] = switch_mode("compile mode", mode, COMPILE_MODES, on="true")
 
 
 def get_compile() -> str:

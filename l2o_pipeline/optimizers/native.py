@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from l2o_pipeline.utils import switch_mode
+
 log = logging.getLogger(__name__)
 
 NATIVE_MODES = ("auto", "false")
@@ -34,12 +36,7 @@ ISA_FLAGS = {"AVX2": ["-mavx2", "-mfma"],
 
 def set_native(mode: str | bool) -> None:
     """``"auto"`` (the C++ kernels on CPU, built at first use) or ``"false"`` (eager)."""
-    if isinstance(mode, bool):
-        mode = "auto" if mode else "false"
-    mode = str(mode).lower()
-    if mode not in NATIVE_MODES:
-        raise ValueError(f"native mode must be one of {NATIVE_MODES}, got {mode!r}")
-    _native["mode"] = mode
+    _native["mode"] = switch_mode("native mode", mode, NATIVE_MODES, on="auto")
 
 
 def get_native() -> str:
