@@ -28,6 +28,11 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   ``--sequential-runs`` of the runs (default: all; its cost is linear in the runs), and the
   batched rows carry ``speedup_vs_sequential`` (ratio of ms per optimizee step of one run,
   which is what ``ms_per_step`` means in these rows), ``chunks`` and ``memory_budget_gb``.
+  All of them carry an honest limit: ``limit_ms_per_step``, the matrix products of a step
+  (``gemm_mflop_per_step``, :func:`mlp_gemm_flop`) at the matmul peak measured in the same
+  worker on a large [B·32, 784]·[784, S·20] product (``gemm_peak_gflops``), and
+  ``fraction_of_limit`` = limit / ``ms_per_step``; the batched rows add
+  ``speedup_limit_vs_sequential``, the largest speed-up that peak allows.
 - ``bound/rnnprop/{meta_train,apply}``: an upper bound on this machine, the GEMMs and
   transcendental passes that an RNNprop step cannot avoid, on preallocated buffers
   (:func:`measure_bound`); ``real_fraction_of_bound`` = bound time / the real row's time.
@@ -45,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import resource
 import statistics
@@ -249,7 +255,40 @@ def measure_evaluate(args, family, variant, kind="evaluate"):
         plan = plan_chunks(task, opts, N_STEPS, runs, memory_budget_gb=args.memory_budget_gb)
         extra |= {"chunks": plan.n_chunks, "memory_budget_gb": args.memory_budget_gb,
                   "estimated_chunk_gb": round(plan.bytes_per_chunk / 1e9, 3)}
-    return _result(args, durations, base_rss, **extra)
+    extra |= _gemm_limit(torch, task, len(opts), args.device)
+    result = _result(args, durations, base_rss, **extra)
+    result["fraction_of_limit"] = round(result["limit_ms_per_step"] / result["ms_per_step"], 3)
+    return result
+
+
+def mlp_gemm_flop(task) -> int:
+    """The matrix-product FLOPs of one step of one run of an MLP task, final-loss pass
+    included: per layer [B, in]·[in, out] forward, its weight gradient, the input gradient
+    of every layer but the first, and the final-loss pass's forward."""
+    sizes = [math.prod(task.layout.shapes[f"w{i}"]) for i in range(task.n_linear)]
+    return 2 * task.batch_size * (3 * sum(sizes) + sum(sizes[1:]))
+
+
+def _gemm_limit(torch, task, n_settings: int, device) -> dict:
+    """What the GEMMs of a row-step cost at this machine's matmul peak: the peak measured
+    here on the shape class of the batched first layer, a large [B·T, D]·[D, S·H] product
+    (best of a few), in the default dtype. No engine can run a step faster than
+    ``limit_ms_per_step`` without skipping matrix products."""
+    (D, H), rows = task.layout.shapes["w0"], task.batch_size * 32
+    a = torch.rand(rows, D, device=device)
+    b = torch.rand(D, max(n_settings, 27) * H, device=device)
+    torch.mm(a, b)  # warm-up
+    best = math.inf
+    for _ in range(5):
+        _sync(torch, device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(torch, device)
+        best = min(best, time.perf_counter() - start)
+    peak = 2 * rows * D * b.shape[1] / best
+    flop = mlp_gemm_flop(task)
+    return {"gemm_mflop_per_step": round(flop / 1e6, 2), "gemm_peak_gflops": round(peak / 1e9, 1),
+            "limit_ms_per_step": round(1e3 * flop / peak, 4)}
 
 
 def measure_bound(args, family, phase):
@@ -453,6 +492,9 @@ def _annotate(results: dict, name: str) -> None:
                                                     2)
             result["cpu_speedup_vs_sequential"] = round(
                 seq["cpu_ms_per_step"] / result["cpu_ms_per_step"], 2)
+            # the most any engine could gain here without skipping matrix products
+            result["speedup_limit_vs_sequential"] = round(
+                seq["ms_per_step"] / result["limit_ms_per_step"], 2)
         return
     if name.startswith("bound/"):  # how far the real row <phase>/<family> is from it
         _, family, phase = name.split("/")

@@ -86,36 +86,51 @@ def _settings(optimizers: Mapping[str, Optimizer]) -> list[tuple[str, Optimizer]
 
 class _GroupStepper:
     """Steps the rows ``[k, R, n]`` of k adjacent settings that share a group key, in blocks
-    of whole rows of about ``*_BLOCK_COORDS`` coordinates: a step makes many passes over its
-    block (a dozen for Adam, two LSTM layers for RNNprop), which then stay in cache."""
+    of about ``*_BLOCK_COORDS`` coordinates: a step makes many passes over its block (a dozen
+    for Adam, two LSTM layers for RNNprop), which then stay in cache. Blocks are whole rows,
+    or, when θ is stored settings-minor (``[R, n, k]``, one group), whole coordinates of all
+    k settings, the rates then one per column."""
 
     def __init__(self, settings: Sequence[tuple[str, Optimizer]], n_runs: int, n: int,
-                 device, dtype):
+                 device, dtype, settings_minor: bool = False):
         self.k, self.n_runs, self.n = len(settings), n_runs, n
+        self.settings_minor = settings_minor
         hand = isinstance(settings[0][1], HandDesigned)
         block_coords = HAND_BLOCK_COORDS if hand else LEARNED_BLOCK_COORDS
-        rows, per_block = self.k * n_runs, max(1, block_coords // n)
+        if settings_minor:
+            rows, self.width = n_runs * n, self.k
+        else:
+            rows, self.width = self.k * n_runs, n
+        per_block = max(1, block_coords // self.width)
         rates = None
         if hand and self.k > 1:
             rates = torch.tensor([o.lr for _, o in settings], dtype=dtype, device=device)
-            rates = rates.repeat_interleave(n_runs).unsqueeze(1)  # one rate per row
+            if not settings_minor:
+                rates = rates.repeat_interleave(n_runs).unsqueeze(1)  # one rate per row
         self.blocks = []
         for a in range(0, rows, per_block):
             b = min(a + per_block, rows)
-            opt = settings[0][1] if rates is None else settings[0][1].with_lr(rates[a:b])
-            self.blocks.append((a, b, opt, opt.init_state((b - a) * n, device, dtype)))
+            opt = settings[0][1]
+            if rates is not None:
+                opt = opt.with_lr(rates if settings_minor else rates[a:b])
+            state = opt.init_state((b - a) * self.width, device, dtype)
+            if isinstance(opt, HandDesigned):  # elementwise over the block's [rows, width]
+                state = tuple(s.view(b - a, self.width) if s.dim() == 1 else s for s in state)
+            self.blocks.append((a, b, opt, state))
 
     def step(self, grad: torch.Tensor, theta: torch.Tensor) -> None:
         """θ ← θ + Δθ in place for the gradients ``grad``; both ``[k, R, n]``."""
-        grad, theta = grad.reshape(-1, self.n), theta.view(-1, self.n)
+        if self.settings_minor:
+            grad = grad.permute(1, 2, 0).reshape(-1, self.k)
+            theta = theta.permute(1, 2, 0).view(-1, self.k)  # a view: updated in place
+        else:
+            grad, theta = grad.reshape(-1, self.n), theta.view(-1, self.n)
         for j, (a, b, opt, state) in enumerate(self.blocks):
-            g = grad[a:b]
-            if isinstance(opt, HandDesigned):  # elementwise over [rows, n], a rate per row
-                state = tuple(s.view(g.shape) if s.dim() == 1 else s for s in state)
-                update, state = opt.step(g, state)
+            if isinstance(opt, HandDesigned):
+                state = opt.step_(grad[a:b], state, theta[a:b])
             else:  # coordinatewise over the block's rows·n coordinates
-                update, state = opt.step(g.reshape(-1), state)
-            theta[a:b] += update.view(b - a, self.n)
+                update, state = opt.step(grad[a:b].reshape(-1), state)
+                theta[a:b] += update.view(b - a, self.width)
             self.blocks[j] = (a, b, opt, state)
 
 
@@ -218,8 +233,14 @@ def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs:
     S, (R, n) = len(settings), theta0.shape
     device, dtype = theta0.device, theta0.dtype
     groups = _groups(settings)
-    steppers = [_GroupStepper(settings[a:b], R, n, device, dtype) for a, b in groups]
-    theta = theta0.expand(S, R, n).clone()
+    # One group of several settings (a learning-rate grid) on a task that computes faster so:
+    # θ stored [R, n, S], seen as [S, R, n].
+    minor = S > 1 and len(groups) == 1 and getattr(btask, "settings_minor_layout", False)
+    steppers = [_GroupStepper(settings[a:b], R, n, device, dtype, minor) for a, b in groups]
+    if minor:
+        theta = theta0.unsqueeze(-1).expand(R, n, S).clone().permute(2, 0, 1)
+    else:
+        theta = theta0.expand(S, R, n).clone()
     curves = torch.empty(S, R, n_steps, device=device, dtype=dtype)
 
     def generators():
