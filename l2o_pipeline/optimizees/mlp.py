@@ -230,31 +230,30 @@ class BatchedMLP(BatchedClassification):
         log_probs_t = torch.log_softmax(logits_t, dim=1)
         loss, labels = self._losses(log_probs_t, y, (S, R))
         B = labels.shape[-1]
-        # d loss / d logits = (softmax − onehot) / batch, kept transposed through the backward,
-        # d_t [S·R, out, B]: the products then take contiguous operands (ATen's bmm of two
-        # transposed views, aᵀ·d, is ~5× slower).
-        d_t = log_probs_t.exp_()
-        d_t.scatter_(1, labels, d_t.gather(1, labels) - 1.0)
-        d_t.mul_(1.0 / B)
+        d = log_probs_t.exp_()  # d loss / d logits = (softmax − onehot) / batch, [S·R, C, B]
+        d.scatter_(1, labels, d.gather(1, labels) - 1.0)
+        d.mul_(1.0 / B).transpose_(1, 2)  # [S·R, B, C] (a strided view)
         grad = torch.empty_like(theta)
         g = task.layout.split(grad)  # [S, R, *shape] views of grad, whatever its layout
         derivative = _DERIVATIVES[task.activation_name]
         for i in reversed(range(1, task.n_linear)):
             a = outs[i]  # [S·R, B, in]
-            w_grad_t = torch.bmm(d_t, a)  # [S·R, out, in]
+            # the weight gradient transposed, dᵀ·a: ATen's bmm of aᵀ and the strided d is ~5×
+            # slower
+            w_grad_t = torch.bmm(d.transpose(1, 2), a)  # [S·R, out, in]
             g[f"w{i}"].copy_(w_grad_t.view(S, R, *w_grad_t.shape[1:]).transpose(-1, -2))
-            g[f"b{i}"].copy_(d_t.sum(2).view(S, R, -1))
-            d_t = torch.bmm(p[f"w{i}"], d_t).mul_(derivative(a).transpose(1, 2))
-        H = d_t.shape[1]
-        g["b0"].copy_(d_t.sum(2).view(S, R, H))
+            g[f"b{i}"].copy_(d.sum(1).view(S, R, -1))
+            d = torch.bmm(d, p[f"w{i}"].transpose(1, 2)).mul_(derivative(a))
+        H = d.shape[-1]
+        g["b0"].copy_(d.sum(1).view(S, R, H))
         w0_grad, hidden_major = self._w0_side_by_side(grad)
         x = outs[0]
         if hidden_major:  # written in place into grad, one run at a time
-            d = d_t.view(S, R, H, B).permute(1, 3, 2, 0).reshape(R, B, H * S)
+            d = d.view(S, R, B, H).permute(1, 2, 3, 0).reshape(R, B, H * S)
             for r in range(R):
                 torch.mm(x[r].t(), d[r], out=w0_grad[r])
         else:
-            d = _settings_side_by_side(d_t.transpose(1, 2).view(S, R, B, H))
+            d = _settings_side_by_side(d.view(S, R, B, H))
             w0_grad = torch.bmm(x.transpose(1, 2), d)
             for s, block in enumerate(w0_grad.split(H, dim=-1)):  # [R, D, S·H]
                 g["w0"][s].copy_(block)
