@@ -11,6 +11,11 @@ rows in cache-sized blocks (it is coordinatewise, so blocking changes nothing). 
 (frozen final θ averaged over every minibatch seen), the curves and the per-run final losses
 are those of the sequential path, which stays as the reference (``tests/test_batched.py``).
 
+A learning-rate grid (one group of S > 1 settings) on a task that asks for it
+(``BatchedTask.settings_minor_layout``) has θ stored ``[R, n, S]``, settings innermost, seen
+as ``[S, R, n]``: the MLP's first layer then reads a run's weights of every rate as one
+matrix in place, and the optimizer's rates are one per column.
+
 The work is split into chunks of runs (and, if one run of every setting does not fit, of
 settings) so that the estimated working memory stays under ``memory_budget_gb``.
 """
@@ -237,7 +242,7 @@ def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs:
     groups = _groups(settings)
     # One group of several settings (a learning-rate grid) on a task that computes faster so:
     # θ stored [R, n, S], seen as [S, R, n].
-    minor = S > 1 and len(groups) == 1 and getattr(btask, "settings_minor_layout", False)
+    minor = S > 1 and len(groups) == 1 and btask.settings_minor_layout
     steppers = [_GroupStepper(settings[a:b], R, n, device, dtype, minor) for a, b in groups]
     if minor:
         theta = theta0.unsqueeze(-1).expand(R, n, S).clone().permute(2, 0, 1)
