@@ -33,6 +33,12 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   ``--sequential-runs`` of the runs (default: all; its cost is linear in the runs), and the
   batched rows carry ``speedup_vs_sequential`` (ratio of ms per optimizee step of one run,
   which is what ``ms_per_step`` means in these rows), ``chunks`` and ``memory_budget_gb``.
+  All of them carry an honest limit: ``limit_ms_per_step``, the matrix products of a step
+  (``gemm_mflop_per_step``, :func:`mlp_gemm_flop`) at the matmul peak measured in the same
+  worker, the best of a run's [B, 784]·[784, S·20] and a [B·32, 784]·[784, S·20] product
+  (``gemm_peak_gflops``), and
+  ``fraction_of_limit`` = limit / ``ms_per_step``; the batched rows add
+  ``speedup_limit_vs_sequential``, the largest speed-up that peak allows.
 - ``limit/rnnprop/{meta_train,apply}``: the limit of this machine for an RNNprop step
   (:func:`measure_limit`): its GEMM FLOPs at the sgemm rate measured here on each of the
   step's GEMM shapes, plus its transcendentals at the measured ``torch.exp`` throughput
@@ -54,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import resource
 import statistics
@@ -293,7 +300,41 @@ def measure_evaluate(args, family, variant, kind="evaluate"):
         plan = plan_chunks(task, opts, N_STEPS, runs, memory_budget_gb=args.memory_budget_gb)
         extra |= {"chunks": plan.n_chunks, "memory_budget_gb": args.memory_budget_gb,
                   "estimated_chunk_gb": round(plan.bytes_per_chunk / 1e9, 3)}
-    return _result(args, durations, base_rss, **extra)
+    extra |= _gemm_limit(torch, task, len(opts), args.device)
+    result = _result(args, durations, base_rss, **extra)
+    result["fraction_of_limit"] = round(result["limit_ms_per_step"] / result["ms_per_step"], 3)
+    return result
+
+
+def mlp_gemm_flop(task) -> int:
+    """The matrix-product FLOPs of one step of one run of an MLP task, final-loss pass
+    included: per layer [B, in]·[in, out] forward, its weight gradient, the input gradient
+    of every layer but the first, and the final-loss pass's forward."""
+    sizes = [math.prod(task.layout.shapes[f"w{i}"]) for i in range(task.n_linear)]
+    return 2 * task.batch_size * (3 * sum(sizes) + sum(sizes[1:]))
+
+
+def _gemm_limit(torch, task, n_settings: int, device) -> dict:
+    """What the GEMMs of a row-step cost at this machine's matmul peak: the best rate (of a
+    few tries each) measured here on the shape class of the batched first layer, a run's
+    [B, D]·[D, S·H] and a large [B·32, D]·[D, S·H] product (S = 27 at least), in the default
+    dtype. No engine can run a step faster than ``limit_ms_per_step`` without skipping
+    matrix products."""
+    (D, H), B = task.layout.shapes["w0"], task.batch_size
+    b = torch.rand(D, max(n_settings, 27) * H, device=device)
+    peak = 0.0
+    for rows in (B, 32 * B):
+        a = torch.rand(rows, D, device=device)
+        torch.mm(a, b)  # warm-up
+        for _ in range(5):
+            _sync(torch, device)
+            start = time.perf_counter()
+            torch.mm(a, b)
+            _sync(torch, device)
+            peak = max(peak, 2 * rows * D * b.shape[1] / (time.perf_counter() - start))
+    flop = mlp_gemm_flop(task)
+    return {"gemm_mflop_per_step": round(flop / 1e6, 2), "gemm_peak_gflops": round(peak / 1e9, 1),
+            "limit_ms_per_step": round(1e3 * flop / peak, 4)}
 
 
 def _rate(torch, device, fn, work: float, min_s: float = 0.2) -> float:
@@ -515,6 +556,9 @@ def _annotate(results: dict, name: str) -> None:
                                                     2)
             result["cpu_speedup_vs_sequential"] = round(
                 seq["cpu_ms_per_step"] / result["cpu_ms_per_step"], 2)
+            # the most any engine could gain here without skipping matrix products
+            result["speedup_limit_vs_sequential"] = round(
+                seq["ms_per_step"] / result["limit_ms_per_step"], 2)
         return
     if name.startswith("limit/"):
         return

@@ -75,7 +75,7 @@ def expand_sweeps(tmp: Path) -> list[dict]:
                              if lr is not None and b != cfg.optimizer.name]
                 settings = GRID_RATES if cfg.stage == "tune" else 1 + len(baselines)
                 cells.append({"sweep": name, "stage": cfg.stage,
-                              "optimizee": OmegaConf.to_container(cfg.optimizee),
+                              "optimizee": OmegaConf.to_container(cfg.optimizee, resolve=True),
                               "horizons": list(cfg.horizon.eval_steps),
                               "n_runs": cfg.evaluation.n_runs, "settings": settings})
     GlobalHydra.instance().clear()

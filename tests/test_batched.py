@@ -2,7 +2,8 @@
 
 Every optimizee kind (with the tricks) and every optimizer kind; chunk and block boundaries;
 R = 1; per-row learning rates against separate runs; pairing (θ0 and minibatches shared by
-every setting of a run, drawn once).
+every setting of a run, drawn once); a rate grid with θ stored settings-minor; the optimizers'
+in-place step against their functional one.
 """
 
 import pytest
@@ -14,7 +15,8 @@ from l2o_pipeline.data import synthetic_dataset
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.optimizees import CNNTask, MLPTask, QuadraticTask, SineLSTMTask, SquareTask
 from l2o_pipeline.optimizees.base import Task
-from l2o_pipeline.optimizees.mlp import BatchedClassification
+from l2o_pipeline.optimizees.batched import BatchedTask, VmapBatched
+from l2o_pipeline.optimizees.mlp import BatchedClassification, BatchedMLP, settings_minor
 from l2o_pipeline.optimizers import HAND_DESIGNED, DMOptimizer, RNNprop, kernels
 from l2o_pipeline.tricks import Combined, RandomScaling, batch_instances
 
@@ -227,3 +229,86 @@ def test_hand_designed_hparams_and_with_lr():
     assert rows.momentum == 0.5 and rows.lr.shape == (2, 1)
     update, _ = rows.step(torch.ones(2, 3), (torch.zeros(2, 3),))
     assert torch.equal(update, torch.tensor([[-0.1] * 3, [-0.2] * 3]))
+
+
+def rate_grid_tasks(mnist):
+    return {"mlp1": MLPTask(mnist, hidden=3, batch_size=8),
+            "mlp2": tasks(mnist)["mlp"]}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_DESIGNED))
+@pytest.mark.parametrize("kind", ["mlp1", "mlp2"])
+def test_rate_grid_stored_settings_minor_equals_sequential(mnist, monkeypatch, kind, name):
+    """A learning-rate grid on the MLP runs with θ stored [R, n, S] (checked), in optimizer
+    blocks that end mid-run (7 coordinates of 3 rates each), and equals the sequential path."""
+    task = rate_grid_tasks(mnist)[kind]
+    layouts = []
+    loss_and_grad = BatchedMLP.loss_and_grad
+
+    def spy(self, theta, batch):
+        layouts.append(settings_minor(theta))
+        loss, grad = loss_and_grad(self, theta, batch)
+        assert grad.stride() == theta.stride()  # the optimizer steps it as a view
+        return loss, grad
+
+    monkeypatch.setattr(BatchedMLP, "loss_and_grad", spy)
+    monkeypatch.setattr(batched, "HAND_BLOCK_COORDS", 3 * 7)
+    grid = {f"{name}@{lr}": HAND_DESIGNED[name](lr=lr) for lr in (0.3, 0.05, 0.002)}
+    assert_same(evaluate(task, grid, 4, 3, seed=9), evaluate_batched(task, grid, 4, 3, seed=9))
+    assert layouts and all(layouts)
+
+
+def test_rate_grid_settings_minor_single_run_and_chunks_of_settings(mnist):
+    """R = 1, and a grid split into chunks of 2 rates and 1 (the last in the row layout)."""
+    task = rate_grid_tasks(mnist)["mlp1"]
+    grid = {f"adam@{lr}": HAND_DESIGNED["adam"](lr=lr) for lr in (0.3, 0.05, 0.002)}
+    assert_same(evaluate(task, grid, 3, 1, seed=10), evaluate_batched(task, grid, 3, 1, seed=10))
+    budget = budget_for(task, grid, 1, settings=2)
+    assert plan_chunks(task, grid, 3, 2, memory_budget_gb=budget).settings_per_chunk == 2
+    assert_same(evaluate(task, grid, 3, 2, seed=10),
+                evaluate_batched(task, grid, 3, 2, seed=10, memory_budget_gb=budget))
+
+
+@pytest.mark.parametrize("kind", ["mlp1", "mlp2"])
+def test_mlp_loss_and_gradient_in_either_layout_equal_autograd(mnist, kind):
+    """BatchedMLP on θ [S, R, n] stored settings-minor or not: its losses, and its
+    hand-written gradient against autograd through its loss (vmap of the task's own)."""
+    task = rate_grid_tasks(mnist)[kind]
+    bt = batch_instances([task, task])
+    batch = bt.sample_batch([torch.Generator().manual_seed(i) for i in range(2)])
+    rows = torch.stack([task.init_params(torch.Generator().manual_seed(i)) for i in range(6)])
+    plain = rows.view(3, 2, -1)
+    minor = plain.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    assert settings_minor(minor) and not settings_minor(plain)
+    reference = VmapBatched([task, task])
+    ref_loss, ref_grad = reference.loss_and_grad(plain, batch)
+    for theta in (plain, minor):
+        torch.testing.assert_close(bt.loss(theta, batch), ref_loss, rtol=TOL, atol=0)
+        loss, grad = bt.loss_and_grad(theta, batch)
+        torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=0)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
+        assert grad.stride() == theta.stride()
+        autograd_loss, autograd_grad = BatchedTask.loss_and_grad(bt, theta, batch)
+        torch.testing.assert_close(autograd_grad, ref_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(HAND_DESIGNED))
+@pytest.mark.parametrize("lr", [0.01, torch.tensor([[0.1], [0.01]]), torch.tensor([0.1, 0.01,
+                                                                                   0.3])])
+def test_in_place_step_equals_the_functional_step(name, lr):
+    """step_ (the engine's) against step (the reference) over three steps: a rate, one per
+    row, one per column."""
+    opt = HAND_DESIGNED[name](lr=lr.double() if isinstance(lr, torch.Tensor) else lr)
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(2, 3, generator=gen)
+    state = tuple(s.view(2, 3) if s.dim() == 1 else s
+                  for s in opt.init_state(6, "cpu", torch.float64))
+    in_place, ref_state = theta.clone(), tuple(s.clone() for s in state)
+    for _ in range(3):
+        grad = torch.randn(2, 3, generator=gen)
+        update, ref_state = opt.step(grad, ref_state)
+        theta = theta + update
+        state = opt.step_(grad, state, in_place)
+    torch.testing.assert_close(in_place, theta, rtol=TOL, atol=1e-15)
+    for a, b in zip(state, ref_state):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=1e-15)

@@ -35,6 +35,10 @@ def stack_batches(batches: Sequence[Batch]) -> Batch:
 class BatchedTask:
     """R instances of one task kind over θ of shape ``[S, R, n]`` (see the module docstring)."""
 
+    # Whether the engine should store a rate grid's θ as [R, n, S] (seen as [S, R, n]): for
+    # tasks that compute faster so (BatchedMLP); every task must accept any layout.
+    settings_minor_layout = False
+
     def __init__(self, instances: Sequence[Task]):
         if not instances:
             raise ValueError("a batched task needs at least one instance")

@@ -155,11 +155,34 @@ class BatchedMLP(BatchedClassification):
     ``MLPTask.loss_and_grad``. The first layer, whose input is the run's minibatch shared by
     all S settings, is one [B, D]·[D, S·H] matmul per run instead of S narrow ones. The
     logits are computed transposed, [C, B] per row: a softmax over C = 10 contiguous values
-    per example is ~10× slower in ATen than one over a [C, B] column."""
+    per example is ~10× slower in ATen than one over a [C, B] column.
+
+    θ stored settings-minor, ``[R, n, S]`` (:func:`settings_minor`, the engine's layout for a
+    learning-rate grid), makes a run's first-layer weights of every setting one [D, H·S]
+    matrix in place, so the first layer's matmuls and its gradient's read and write θ with
+    no copy; otherwise (any other layout) they are gathered side by side, a copy of θ's
+    largest part per pass."""
+
+    settings_minor_layout = True
 
     def _layers(self, theta):
+        """The task and the parameters but ``w0`` as ``[S·R, *shape]`` (a copy unless θ is
+        stored ``[S, R, n]``; they are small)."""
         task = self.instances[0]
-        return task, {name: t.flatten(0, 1) for name, t in task.layout.split(theta).items()}
+        return task, {name: t.flatten(0, 1) for name, t in task.layout.split(theta).items()
+                      if name != "w0"}
+
+    def _w0_side_by_side(self, theta):
+        """A run's first-layer weights of its S settings as ``[R, D, S·H]`` (columns
+        setting-major) or, when θ is settings-minor, ``[R, D, H·S]`` (hidden-unit-major, a
+        view); and whether it is the latter."""
+        task = self.instances[0]
+        (D, H), off = task.layout.shapes["w0"], task.layout.offsets["w0"]
+        S, R = theta.shape[:2]
+        if settings_minor(theta):
+            return theta.permute(1, 2, 0)[:, off:off + D * H].view(R, D, H * S), True
+        w0 = task.layout.split(theta)["w0"]
+        return _settings_side_by_side(w0), False
 
     def _forward(self, theta, x):
         """The inputs of every layer ([R, B, D] for the first, [S·R, B, ·] after) and the
@@ -167,11 +190,15 @@ class BatchedMLP(BatchedClassification):
         task, p = self._layers(theta)
         S, R = theta.shape[:2]
         x = x.reshape(R, x.shape[1], -1).to(theta.dtype)
-        B, D = x.shape[1:]
-        H = p["w0"].shape[-1]
-        h = torch.bmm(x, _settings_side_by_side(p["w0"].view(S, R, D, H)))  # [R, B, S·H]
-        h = h.view(R, B, S, H).permute(2, 0, 1, 3)  # [S, R, B, H]
-        h = (h + p["b0"].view(S, R, 1, H)).flatten(0, 1)
+        B = x.shape[1]
+        w0, hidden_major = self._w0_side_by_side(theta)
+        H = w0.shape[-1] // S
+        if hidden_major:  # one matmul per run: bmm over the strided runs is slower here
+            h = torch.stack([x[r] @ w0[r] for r in range(R)]).view(R, B, H, S)
+            h = h.permute(3, 0, 1, 2)  # [S, R, B, H]
+        else:
+            h = torch.bmm(x, w0).view(R, B, S, H).permute(2, 0, 1, 3)  # [S, R, B, H]
+        h = (h + p["b0"].view(S, R, 1, H)).reshape(S * R, B, H)
         outs = [x]
         last = task.n_linear - 1
         for i in range(1, last):
@@ -194,6 +221,7 @@ class BatchedMLP(BatchedClassification):
         return self._losses(torch.log_softmax(logits_t, dim=1), y, theta.shape[:2])[0]
 
     def loss_and_grad(self, theta, batch):
+        """The gradient is laid out as θ (``empty_like``), settings-minor or not."""
         x, y = batch
         theta = theta.detach()
         task, p = self._layers(theta)
@@ -206,20 +234,35 @@ class BatchedMLP(BatchedClassification):
         d.scatter_(1, labels, d.gather(1, labels) - 1.0)
         d.mul_(1.0 / B).transpose_(1, 2)  # [S·R, B, C] (a strided view)
         grad = torch.empty_like(theta)
-        _, g = self._layers(grad)
+        g = task.layout.split(grad)  # [S, R, *shape] views of grad, whatever its layout
         derivative = _DERIVATIVES[task.activation_name]
         for i in reversed(range(1, task.n_linear)):
-            a = outs[i]
-            g[f"w{i}"].copy_(torch.bmm(a.transpose(1, 2), d))
-            g[f"b{i}"].copy_(d.sum(1))
+            a = outs[i]  # [S·R, B, in]
+            # the weight gradient transposed, dᵀ·a: ATen's bmm of aᵀ and the strided d is ~5×
+            # slower
+            w_grad_t = torch.bmm(d.transpose(1, 2), a)  # [S·R, out, in]
+            g[f"w{i}"].copy_(w_grad_t.view(S, R, *w_grad_t.shape[1:]).transpose(-1, -2))
+            g[f"b{i}"].copy_(d.sum(1).view(S, R, -1))
             d = torch.bmm(d, p[f"w{i}"].transpose(1, 2)).mul_(derivative(a))
         H = d.shape[-1]
-        w0_grad = torch.bmm(outs[0].transpose(1, 2),
-                            _settings_side_by_side(d.view(S, R, B, H)))  # [R, D, S·H]
-        for s, block in enumerate(w0_grad.split(H, dim=-1)):
-            g["w0"].view(S, R, -1, H)[s].copy_(block)
-        g["b0"].copy_(d.sum(1))
+        g["b0"].copy_(d.sum(1).view(S, R, H))
+        w0_grad, hidden_major = self._w0_side_by_side(grad)
+        x = outs[0]
+        if hidden_major:  # written in place into grad, one run at a time
+            d = d.view(S, R, B, H).permute(1, 2, 3, 0).reshape(R, B, H * S)
+            for r in range(R):
+                torch.mm(x[r].t(), d[r], out=w0_grad[r])
+        else:
+            d = _settings_side_by_side(d.view(S, R, B, H))
+            w0_grad = torch.bmm(x.transpose(1, 2), d)
+            for s, block in enumerate(w0_grad.split(H, dim=-1)):  # [R, D, S·H]
+                g["w0"][s].copy_(block)
         return loss, grad
+
+
+def settings_minor(theta: torch.Tensor) -> bool:
+    """Whether θ ``[S, R, n]`` (S > 1) is stored ``[R, n, S]`` (settings innermost)."""
+    return theta.shape[0] > 1 and theta.permute(1, 2, 0).is_contiguous()
 
 
 def dataset_key(dataset: str) -> str:
