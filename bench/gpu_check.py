@@ -126,7 +126,7 @@ def _step_consistency(args) -> int:
 
 def _step_bench(args) -> list[str]:
     only = ("apply/adam" if args.dry_run else
-            "meta_train/rnnprop,apply/rnnprop,apply/adam,bound")
+            "meta_train/rnnprop,apply/rnnprop,apply/adam,limit,tune")
     return [sys.executable, str(HERE / "bench_speed.py"), "--device", args.device, "--quick",
             "--threads", "1", "--only", only, "--compile", "auto",
             *(["--repeats", "1"] if args.dry_run else [])]

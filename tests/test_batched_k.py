@@ -14,7 +14,7 @@ from l2o_pipeline.data import synthetic_dataset
 from l2o_pipeline.meta import MetaTrainSettings, meta_train
 from l2o_pipeline.meta.batched_k import MetaTrainJob, meta_train_batched
 from l2o_pipeline.optimizees import MLPTask, QuadraticTask, SquareTask
-from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels
+from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels, stacked
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 LR = 1e-3  # large enough that 6 Adam steps move every weight far beyond the tolerance
@@ -104,8 +104,17 @@ def assert_same_training(tmp_path, singles, single_models, batched, models, init
         assert fa.keys() == fb.keys() and fa["hparams"] == fb["hparams"]
 
 
+@pytest.fixture(params=["per_run_layers", "batched_layers"])
+def layers(request, monkeypatch):
+    """Both ways the stacked step runs its layers: run by run through the single-run kernels
+    (a CPU's) and as one batched call per layer (a GPU's, forced here on the CPU)."""
+    if request.param == "batched_layers":
+        monkeypatch.setattr(stacked, "_per_run", lambda device: False)
+    return request.param
+
+
 @pytest.mark.parametrize("batch_tasks", [True, False], ids=["batched_task", "run_by_run"])
-def test_three_seeds_equal_three_separate_runs(tmp_path, mnist, batch_tasks):
+def test_three_seeds_equal_three_separate_runs(tmp_path, mnist, batch_tasks, layers):
     task = rnnprop_task(mnist)  # one task object: its instances batch (BatchedMLP inside)
     specs = [(RNNprop, task, settings(), seed) for seed in (0, 1, 2)]
     assert_same_training(tmp_path, *run_both(tmp_path, specs, batch_tasks=batch_tasks))
@@ -116,7 +125,7 @@ def test_one_job_equals_the_single_run(tmp_path, mnist):
     assert_same_training(tmp_path, *run_both(tmp_path, specs))
 
 
-def test_mixed_experiments_of_one_architecture(tmp_path, mnist):
+def test_mixed_experiments_of_one_architecture(tmp_path, mnist, layers):
     """rnnprop, rnnprop_no_cc (20 coordinates fewer: padded) and rnnprop_no_rs together, each
     with its own task, loss, selection and seed."""
     mlp = small_mlp(mnist)

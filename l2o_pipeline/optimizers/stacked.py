@@ -56,9 +56,10 @@ def unstack_state(state: State, k: int, like: State, n: int) -> State:
 
 
 def _per_run(device: torch.device) -> bool:
-    """On a CPU the K runs go one after another through each layer: MKL's bmm is slower than
-    K mms on these shapes, and one run's [n, 4H] gates stay in cache where K runs' do not
-    (measured: batched 0.7x the speed of K single runs, per run 1.0x). On a GPU, one
+    """On a CPU the K runs go one after another through each layer, each through the
+    single-run autograd functions of :mod:`kernels` (the C++ kernels there): MKL's bmm is
+    slower than K mms on these shapes, and one run's gates stay in cache where K runs' do not
+    (measured: the batched functions below 0.7x the speed of K single runs). On a GPU, one
     batched call per layer keeps it busy."""
     return device.type == "cpu"
 
@@ -96,14 +97,9 @@ class _StackedLSTMCell(torch.autograd.Function):
         w = weight * scale
         b = torch.add(bias, fmask, alpha=forget_bias).mul_(scale)
         h_new, c_new, P = x.new_empty(K, n, H), x.new_empty(K, n, H), x.new_empty(K, n, 6 * H)
-        if _per_run(x.device):
-            for k in range(K):
-                z = torch.addmm(b[k], x[k], w[k, :n_in]).addmm_(h[k], w[k, n_in:])
-                _cell_rows(z, c[k], H, h_new[k], c_new[k], P[k])
-        else:
-            z = torch.baddbmm(b.unsqueeze(1), x, w[:, :n_in]).baddbmm_(h, w[:, n_in:])
-            _cell_rows(z.view(K * n, 4 * H), c.reshape(K * n, H), H, h_new.view(K * n, H),
-                       c_new.view(K * n, H), P.view(K * n, 6 * H))
+        z = torch.baddbmm(b.unsqueeze(1), x, w[:, :n_in]).baddbmm_(h, w[:, n_in:])
+        _cell_rows(z.view(K * n, 4 * H), c.reshape(K * n, H), H, h_new.view(K * n, H),
+                   c_new.view(K * n, H), P.view(K * n, 6 * H))
         ctx.save_for_backward(x, h, weight, grad_factor, P)
         return h_new, c_new
 
@@ -115,31 +111,19 @@ class _StackedLSTMCell(torch.autograd.Function):
         H = P.shape[-1] // 6
         w = weight * factor  # dL/dz = dz'·GRAD_FACTOR, and z used W·scale (see kernels)
         dc_prev = x.new_empty(K, n, H)
-        if _per_run(x.device):
-            dxh, dw = x.new_empty(K, n, w.shape[1]), torch.empty_like(weight)
-            db = x.new_empty(K, 4 * H)
-            for k in range(K):
-                dz = _cell_rows_backward(dh[k], dc[k], P[k], H, dc_prev[k])
-                torch.mm(dz, w[k].t(), out=dxh[k])
-                torch.mm(x[k].t(), dz, out=dw[k, :n_in])
-                torch.mm(h[k].t(), dz, out=dw[k, n_in:])
-                torch.sum(dz, 0, out=db[k])
-        else:
-            dz = _cell_rows_backward(dh.reshape(K * n, H), dc.reshape(K * n, H),
-                                     P.view(K * n, 6 * H), H, dc_prev.view(K * n, H))
-            dz = dz.view(K, n, 4 * H)
-            dxh = torch.bmm(dz, w.transpose(1, 2))
-            dw = torch.cat([torch.bmm(x.transpose(1, 2), dz), torch.bmm(h.transpose(1, 2), dz)],
-                           dim=1)
-            db = dz.sum(1)
+        dz = _cell_rows_backward(dh.reshape(K * n, H), dc.reshape(K * n, H),
+                                 P.view(K * n, 6 * H), H, dc_prev.view(K * n, H))
+        dz = dz.view(K, n, 4 * H)
+        dxh = torch.bmm(dz, w.transpose(1, 2))
+        dw = torch.cat([torch.bmm(x.transpose(1, 2), dz), torch.bmm(h.transpose(1, 2), dz)],
+                       dim=1)
+        db = dz.sum(1)
         return (dxh[..., :n_in], dxh[..., n_in:], dc_prev, dw.mul_(factor), db.mul_(factor),
                 None, None, None, None)
 
 
 def _linear(x, weight, bias):
     """x·Wᵀ + b per run (``weight [K, out, in]``)."""
-    if _per_run(x.device):
-        return torch.stack([torch.addmm(bias[k], x[k], weight[k].t()) for k in range(len(x))])
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
@@ -166,7 +150,12 @@ class _StackedLinearELU(torch.autograd.Function):
 
 def _rnnprop_features(model: RNNprop, params, grad, state):
     features, moments = model.inputs(grad, state[:4])
-    x = _StackedLinearELU.apply(features, params["preprocess.weight"], params["preprocess.bias"])
+    weight, bias = params["preprocess.weight"], params["preprocess.bias"]
+    if _per_run(features.device):
+        x = torch.stack([kernels._LinearELUFunction.apply(features[k], weight[k], bias[k])
+                         for k in range(len(features))])
+    else:
+        x = _StackedLinearELU.apply(features, weight, bias)
     return x, moments, state[4:]
 
 
@@ -190,10 +179,16 @@ def stacked_step(model: LSTMOptimizer, params: dict[str, torch.Tensor], grad: to
     x, other, lstm_state = STACKED_FEATURES[type(model)](model, params, grad, state)
     new_state = []
     for layer, cell in enumerate(model.cells):
-        h, c = _StackedLSTMCell.apply(
-            x, lstm_state[2 * layer], lstm_state[2 * layer + 1],
-            params[f"cells.{layer}.weight"], params[f"cells.{layer}.bias"], cell._gate_scale,
-            cell._forget_mask, cell._grad_factor, float(cell.forget_bias))
+        h, c = lstm_state[2 * layer], lstm_state[2 * layer + 1]
+        weight, bias = params[f"cells.{layer}.weight"], params[f"cells.{layer}.bias"]
+        constants = (cell._gate_scale, cell._forget_mask, cell._grad_factor,
+                     float(cell.forget_bias))
+        if _per_run(x.device):
+            outs = [kernels._LSTMCellFunction.apply(x[k], h[k], c[k], weight[k], bias[k],
+                                                    *constants) for k in range(len(x))]
+            h, c = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+        else:
+            h, c = _StackedLSTMCell.apply(x, h, c, weight, bias, *constants)
         new_state += [h, c]
         x = h
     K = x.shape[0]
