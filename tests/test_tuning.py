@@ -162,6 +162,7 @@ def test_report_reads_tuning_records_and_names_the_protocol(tmp_path):
     assert "| coarse_to_fine |" in md and "| full |" in md
     assert res["settings"]["wall_time_s"]["tuning"] == pytest.approx(10.0)
     assert {r["protocol"] for r in res["settings"]["tuned_rates"]} == {"coarse_to_fine", "full"}
+    assert res["settings"]["sweeps"]["tune/activations"]["seeds"] == [0]  # its folder's
 
 
 def test_scan_tuning_reads_records_and_old_per_rate_cells(tmp_path):

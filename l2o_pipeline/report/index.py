@@ -299,6 +299,9 @@ class RunIndex:
         info = self.sweeps[sweep]
         info.cells += 1
         info.done += (cell / "DONE").is_file()
+        seed = self._seed(cell, self._overrides(cell), record)  # the record names its seed
+        if seed is not None:
+            info.seeds.add(seed)
         eval_seed, mode = int_or_none(record.get("evaluation_seed")), record.get("final_loss")
         for h, block in horizons.items():
             horizon = int_or_none(h)
