@@ -202,7 +202,6 @@ def measure_meta_train_batched_k(args, family):
     for seed in range(BATCHED_K):
         torch.manual_seed(seed)
         models.append(_build_model(torch, family, args.device))
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its imports, as the single row
     base_rss = _rss_mb()
     settings = MetaTrainSettings(
         n_iterations=1 + args.repeats, steps_per_run=N_STEPS, unroll=UNROLL, meta_lr=1e-4,

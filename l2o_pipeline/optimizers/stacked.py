@@ -152,8 +152,10 @@ def _rnnprop_features(model: RNNprop, params, grad, state):
     features, moments = model.inputs(grad, state[:4])
     weight, bias = params["preprocess.weight"], params["preprocess.bias"]
     if _per_run(features.device):
-        x = torch.stack([kernels._LinearELUFunction.apply(features[k], weight[k], bias[k])
-                         for k in range(len(features))])
+        # unbind, not indexing: one autograd node whose backward stacks the K gradients,
+        # where K indexings each scatter into a zero-filled [K, ...] tensor
+        x = torch.stack([kernels._LinearELUFunction.apply(*args) for args in
+                         zip(features.unbind(), weight.unbind(), bias.unbind())])
     else:
         x = _StackedLinearELU.apply(features, weight, bias)
     return x, moments, state[4:]
@@ -184,8 +186,8 @@ def stacked_step(model: LSTMOptimizer, params: dict[str, torch.Tensor], grad: to
         constants = (cell._gate_scale, cell._forget_mask, cell._grad_factor,
                      float(cell.forget_bias))
         if _per_run(x.device):
-            outs = [kernels._LSTMCellFunction.apply(x[k], h[k], c[k], weight[k], bias[k],
-                                                    *constants) for k in range(len(x))]
+            outs = [kernels._LSTMCellFunction.apply(*args, *constants) for args in
+                    zip(x.unbind(), h.unbind(), c.unbind(), weight.unbind(), bias.unbind())]
             h, c = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
         else:
             h, c = _StackedLSTMCell.apply(x, h, c, weight, bias, *constants)
