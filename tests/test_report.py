@@ -391,3 +391,19 @@ def test_logs_the_archive_does_not_keep_are_not_read(tmp_path):
         folder.mkdir(parents=True)
         (folder / "cell.log").write_text(f"using {FALLBACK_WARNING} 5,000 digits\n")
     assert RunIndex(tmp_path).scan().fallback_logs == ["meta_train/x/seed_0"]
+
+
+def test_the_selected_checkpoint_and_numbered_ones_of_one_task_are_listed_together(tmp_path):
+    """Table 2 evaluates best.pt (no iteration), Table 4 numbered checkpoints of the same
+    optimizer on the same task: both are listed, the selected one first."""
+    root = tmp_path / "paper"
+    task = "mnist-mlp-sigmoid-l1"
+    eval_cell(root, "table2", "experiment=rnnprop,optimizee.activation=sigmoid", 0, task,
+              "rnnprop", {100: {"rnnprop": (0.3, 0.01, None)}}, curves=False)
+    for it in (300, 100):
+        eval_cell(root, "table4", f"evaluation.checkpoint_iteration={it},experiment=rnnprop,"
+                  "optimizee.activation=sigmoid", 0, task, "rnnprop",
+                  {100: {"rnnprop": (0.4, 0.01, None)}}, ckpt=it, curves=False)
+    idx = RunIndex(root).scan()
+    assert idx.learned_at(task, 100) == [("rnnprop", None), ("rnnprop", 100), ("rnnprop", 300)]
+    report.build_report(root, tmp_path / "docs", figures=False)  # renders every comparison

@@ -436,8 +436,10 @@ class RunIndex:
         return sorted(keys)
 
     def learned_at(self, task: str, horizon: int) -> list[tuple[str, int | None]]:
-        """(name, checkpoint iteration) of every learned optimizer evaluated there."""
-        return sorted((k[0], k[3]) for k in self._learned if k[1:3] == (task, horizon))
+        """(name, checkpoint iteration) of every learned optimizer evaluated there; the
+        selected checkpoint (iteration None) before the numbered ones."""
+        found = [(k[0], k[3]) for k in self._learned if k[1:3] == (task, horizon)]
+        return sorted(found, key=lambda nc: (nc[0], nc[1] is not None, nc[1] or 0))
 
     def curves(self, stat: Stat | None):
         """All runs' loss curves of a stat as one [runs, steps] tensor, or None."""
