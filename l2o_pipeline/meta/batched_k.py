@@ -32,6 +32,7 @@ import torch
 
 from l2o_pipeline.checkpoint import STATE_FORMAT, optimizer_payload
 from l2o_pipeline.errors import UserError
+from l2o_pipeline.meta.meta_adam import MetaAdam
 from l2o_pipeline.meta.train import (
     MetaTrainResult,
     MetaTrainSettings,
@@ -106,7 +107,7 @@ class _Run:
         self.model, self.task, self.out = job.model, job.task, Path(job.output_dir)
         self.variant = job.variant or job.model.name
         self.device = next(self.model.parameters()).device
-        self.meta_opt = torch.optim.Adam(self.model.parameters(), lr=self.s.meta_lr)
+        self.meta_opt = MetaAdam(self.model.parameters(), lr=self.s.meta_lr)
         self.generator = torch.Generator().manual_seed(job.seed)
         self.weights = meta_loss_weights(self.s.meta_loss, self.s.unroll)
         self.n_periods = self.s.steps_per_run // self.s.unroll
