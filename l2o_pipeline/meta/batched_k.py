@@ -25,20 +25,20 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from l2o_pipeline.checkpoint import STATE_FORMAT, optimizer_payload
+from l2o_pipeline.checkpoint import optimizer_payload
 from l2o_pipeline.errors import UserError
 from l2o_pipeline.meta.meta_adam import MetaAdam
 from l2o_pipeline.meta.train import (
     MetaTrainResult,
     MetaTrainSettings,
-    _save_training_state,
     load_training_state,
     meta_loss_weights,
+    save_training_state,
     select_checkpoint,
 )
 from l2o_pipeline.optimizees.base import Task
@@ -177,11 +177,8 @@ class _Run:
             self.save_state()
 
     def save_state(self) -> None:
-        _save_training_state(self.out, {
-            "format": STATE_FORMAT, "model": self.model.state_dict(),
-            "meta_opt": self.meta_opt.state_dict(), "generator": self.generator.get_state(),
-            "progress": self.progress, "settings": asdict(self.s), "config": self.job.config,
-        })
+        save_training_state(self.out, self.model, self.meta_opt, self.generator,
+                            self.progress, self.s, self.job.config)
 
     def _select(self, iteration: int) -> None:
         select_checkpoint(self.model, self.variant, self.job.config, self.s, self.progress,

@@ -206,11 +206,7 @@ def meta_train(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     def save_state():
-        _save_training_state(out, {
-            "format": STATE_FORMAT, "model": model.state_dict(),
-            "meta_opt": meta_opt.state_dict(), "generator": generator.get_state(),
-            "progress": progress_state, "settings": asdict(settings), "config": config,
-        })
+        save_training_state(out, model, meta_opt, generator, progress_state, settings, config)
 
     def select(iteration: int) -> None:
         select_checkpoint(model, variant, config, settings, progress_state, iteration, out,
@@ -292,14 +288,19 @@ def meta_train(
     )
 
 
-def _save_training_state(out: Path, obj: dict) -> None:
-    """Keep the previous good state beside the new one: a corrupt file falls back to it. A
-    rename, not a copy: at every moment one of the two is a whole state, and a full disk
-    costs no second copy."""
+def save_training_state(out: Path, model: LearnedOptimizer, meta_opt, generator: torch.Generator,
+                        progress_state: dict, settings: MetaTrainSettings, config) -> None:
+    """The full training state (what a resume needs), in ``out/state.pt``. Keep the previous
+    good state beside the new one: a corrupt file falls back to it. A rename, not a copy: at
+    every moment one of the two is a whole state, and a full disk costs no second copy."""
     path = out / STATE_FILE
     if path.exists():
         path.replace(out / PREV_STATE_FILE)
-    save_torch(path, obj)
+    save_torch(path, {
+        "format": STATE_FORMAT, "model": model.state_dict(),
+        "meta_opt": meta_opt.state_dict(), "generator": generator.get_state(),
+        "progress": progress_state, "settings": asdict(settings), "config": config,
+    })
 
 
 def load_training_state(out: str | Path, discard_with: Iterable[str] = ()) -> dict | None:
