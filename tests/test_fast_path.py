@@ -311,3 +311,23 @@ def test_failed_build_falls_back_to_eager(mnist, backend_one_thread, tmp_path, m
     expected = reference.tf_layout_grads()
     for name, p in model.named_parameters():
         assert rel_err(p.grad, expected[name]) < REL_GRAD[torch.float64], name
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_meta_gradient_is_the_same_on_two_threads(mnist, family, backend_one_thread):
+    """The kernels' worker threads (grad mode is thread-local) compute the meta-gradient of
+    one truncation as one thread does; the C++ one once refused to run there at all."""
+    task = training_task(mnist)
+    weights = meta_loss_weights(FAMILIES[family][1], 20)
+    theta0 = task.init_params(torch.Generator().manual_seed(2)).to(torch.float64)
+    grads = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        model, _ = build(family, torch.float64)
+        state = model.init_state(theta0.numel(), dtype=torch.float64)
+        surrogate, _, _, _ = truncated_meta_loss(model, task, theta0, state,
+                                                 torch.Generator().manual_seed(3), weights)
+        surrogate.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        assert rel_err(grads[1][name], g) < 1e-12, name

@@ -98,6 +98,9 @@ void lstm_forward(torch::Tensor x, torch::Tensor h, torch::Tensor c, torch::Tens
   const auto wx = w.narrow(0, 0, n_in), wh = w.narrow(0, n_in, H);
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lstm_forward", [&] {
     at::parallel_for(0, n, kBlock, [&](int64_t r0, int64_t r1) {
+      // Grad mode is thread-local: worker threads start with it on, and these ops' out=
+      // forms refuse inputs that require grad (autograd is the caller's Function).
+      at::NoGradGuard no_grad;
       auto z = at::empty({kBlock, 4 * H}, c.options());
       for (int64_t r = r0; r < r1; r += kBlock) {
         const int64_t rows = std::min(kBlock, r1 - r);
@@ -129,6 +132,7 @@ std::vector<torch::Tensor> lstm_backward(torch::Tensor x, torch::Tensor h, torch
   auto db = at::zeros({parts, 4 * H}, c.options());
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lstm_backward", [&] {
     at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      at::NoGradGuard no_grad;  // as in lstm_forward
       auto z = at::empty({kBlock, 4 * H}, c.options());
       auto dz = at::empty({kBlock, 4 * H}, c.options());
       for (int64_t p = p0; p < p1; ++p) {
