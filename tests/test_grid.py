@@ -2,8 +2,10 @@
 skips what is finished and continues what is not."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,35 @@ def test_the_deadline_stops_a_meta_training_that_the_next_run_continues(tmp_path
     first, _ = grid.meta_progress(folder)
     grid.run_grid(archive, protocol, hours=25 / 3600, only=["paper_meta_train"], poll_s=0.5)
     assert grid.meta_progress(folder)[0] > first
+
+
+def test_an_evaluation_in_only_brings_in_just_the_meta_trainings_it_evaluates(tmp_path):
+    two = ["experiment=rnnprop,dm_quadratic"]
+    protocol = grid.load_protocol(write_protocol(tmp_path, paper_meta_train=two))
+    archive = tmp_path / "archive"
+    evaluated = grid.collect(archive, protocol, ["table2"])["paper_meta_train"]
+    assert [c.experiment for c in evaluated] == ["rnnprop"]
+    named = grid.collect(archive, protocol, ["paper_meta_train"])["paper_meta_train"]
+    assert sorted(c.experiment for c in named) == ["dm_quadratic", "rnnprop"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_runner_stops_its_cells_with_their_state_saved(tmp_path, signum):
+    archive = tmp_path / "archive"
+    protocol = write_protocol(tmp_path, iterations=100000)
+    folder = archive / "paper/meta_train/debug=default,experiment=rnnprop/seed_0"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "l2o_pipeline.grid", "run", "--archive", str(archive),
+         "--protocol", str(protocol), "--only", "paper_meta_train", "--hours", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (folder / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the cell is meta-training
+    runner.send_signal(signum)  # as `kill` or SLURM would (Ctrl-C reaches the runner alone)
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 0 and "Traceback" not in err, err
+    assert signal.Signals(signum).name in out and "0 failed" in out, out
+    log = [json.loads(x) for x in (archive / "paper" / grid.GRID_LOG).read_text().splitlines()]
+    assert [r["outcome"] for r in log] == ["stopped"]  # logged once the cell had exited
+    assert (folder / "state.pt").is_file() and not (folder / "DONE").exists()

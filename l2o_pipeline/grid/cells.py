@@ -314,8 +314,14 @@ def _waiting_for(c: Cell, cells_by_sweep: dict, meta: dict) -> str:
 
 def collect(archive: Path, protocol: Protocol, only: list[str] | None = None
             ) -> dict[str, list[Cell]]:
-    """Cells of every sweep (or of ``only`` and what they need), assessed."""
+    """Cells of every sweep (or of ``only`` and what they need), assessed. An evaluation
+    named in ``only`` brings in just the meta-trainings it evaluates, not the whole sweep."""
     cells = {n: expand(n, archive, protocol) for n in wanted_sweeps(only)}
+    if only and META_TRAIN_SWEEP not in only and META_TRAIN_SWEEP in cells:
+        used = {(c.experiment, c.seed) for name, cs in cells.items() if name != META_TRAIN_SWEEP
+                for c in cs if c.experiment is not None}
+        cells[META_TRAIN_SWEEP] = [c for c in cells[META_TRAIN_SWEEP]
+                                   if (c.experiment, c.seed) in used]
     assess(cells)
     return cells
 

@@ -26,6 +26,8 @@ from l2o_pipeline.grid.cells import (
 from l2o_pipeline.records import write_text
 
 L2O = [sys.executable, "-m", "l2o_pipeline"]
+# A cell that saved its state and exited on SIGTERM (ours) or on the terminal's Ctrl-C.
+STOPPED_EXIT_STATUSES = (128 + signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGINT)
 
 
 def _sweep_args(sweep: str, *overrides: str) -> list[str]:
@@ -53,6 +55,24 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
              jobs: int = 1, poll_s: float = 5.0, echo=print) -> dict[str, int]:
     """Start ready cells in catalog order until ``hours`` are spent; returns counts."""
     deadline = time.monotonic() + hours * 3600
+    # SIGTERM (SLURM, `kill`) or Ctrl-C stops the run as its deadline would: each running
+    # cell gets SIGTERM and saves its state. Without this the runner died alone and its
+    # cells ran on, orphaned (or, on Ctrl-C, it printed a traceback).
+    stop_signal: list[int] = []
+    previous = {}
+    try:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            previous[s] = signal.signal(s, lambda signum, frame: stop_signal.append(signum))
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        return _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal):
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     logs = archive / "paper" / CONSOLE_LOGS
     logs.mkdir(parents=True, exist_ok=True)
@@ -70,7 +90,7 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
                 continue
             del running[key]
             outcome = "finished" if proc.returncode == 0 else (
-                "stopped" if proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM)
+                "stopped" if proc.returncode in STOPPED_EXIT_STATUSES
                 else "failed")
             counts[outcome] += 1
             tail = _log_file(logs, cell).read_text(errors="replace").strip()
@@ -85,7 +105,7 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
     while True:
         reap()
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or stop_signal:
             break
         cells = collect(archive, protocol, only)
         ready = [c for cs in cells.values() for c in cs
@@ -105,7 +125,8 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
             break  # nothing ready that fits: the rest waits for inputs or for more time
         time.sleep(min(poll_s, max(left, 0.1)))
     if running:
-        echo(f"time is up: stopping {len(running)} cell(s); their state is saved")
+        why = signal.Signals(stop_signal[0]).name if stop_signal else "time is up"
+        echo(f"{why}: stopping {len(running)} cell(s); their state is saved")
         reap(stop=True)
         while running:
             time.sleep(0.5)
