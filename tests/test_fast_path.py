@@ -275,6 +275,41 @@ def test_compiled_kernels_match_eager(mnist, backend_one_thread):
         assert rel_err(a, b) < 1e-4
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", [4, 10, 20])  # the register-blocked sizes and ATen's
+def test_native_layers_equal_eager_ones_for_every_hidden_size(backend_one_thread, hidden,
+                                                              dtype):
+    """Each C++ forward (LSTM layer with its in-kernel gate GEMM, Linear+ELU) and the LSTM
+    backward equal the eager kernels, on a row count that is no multiple of any block."""
+    if backend_one_thread == "eager" or native.kernels_for(torch.zeros(1)) is None:
+        pytest.skip("compares the C++ kernels with the eager ones")
+    torch.manual_seed(0)
+    n, n_in = 517, 7
+    cell = kernels.CoordinatewiseLSTM(n_in, hidden).to(dtype)
+    torch.nn.init.uniform_(cell.weight, -0.5, 0.5)
+    torch.nn.init.uniform_(cell.bias, -0.5, 0.5)
+    linear = torch.nn.Linear(3, hidden).to(dtype)
+    x, h, c = (torch.randn(n, k, dtype=dtype, requires_grad=True)
+               for k in (n_in, hidden, hidden))
+    features = torch.randn(n, 3, dtype=dtype) * 3  # both branches of the ELU
+
+    def outputs():
+        with torch.no_grad():
+            applied = (*cell(x, h, c), kernels.linear_elu(features, linear))
+        h_new, c_new = cell(x, h, c)
+        grads = torch.autograd.grad((h_new.sin().sum() + c_new.cos().sum()),
+                                    (x, h, c, cell.weight, cell.bias))
+        return applied + grads
+
+    fast = outputs()
+    native.set_native("false")
+    eager = outputs()
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4,
+                                                                         "atol": 1e-5}
+    for a, b in zip(fast, eager, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
 def test_native_kernels_are_used_where_a_compiler_exists(backend_one_thread):
     """The "native" runs above test the C++ kernels, not a silent fallback (where g++ exists)."""
     if backend_one_thread == "eager":

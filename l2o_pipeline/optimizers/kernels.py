@@ -361,12 +361,19 @@ def _elu(pre: torch.Tensor) -> torch.Tensor:
     return _elu_eager(pre) if out is None else out
 
 
+def _linear_elu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """ELU(x·Wᵀ + b): one C++ pass on CPU, else the matmul and the (compiled or eager) ELU."""
+    if (ext := native.kernels_for(x)) is not None and not _use_compiled(x.device):
+        return ext.linear_elu(x, weight, bias)
+    return _elu(torch.addmm(bias, x, weight.t()))
+
+
 class _LinearELUFunction(torch.autograd.Function):
     """ELU(x·Wᵀ + b) (nn.Linear layout), saving only x and the output."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        y = _elu(torch.addmm(bias, x, weight.t()))
+        y = _linear_elu_forward(x, weight, bias)
         ctx.save_for_backward(x, weight, y)
         return y
 
@@ -387,7 +394,7 @@ def linear_elu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``F.elu(linear(x))`` on the fast path."""
     if _needs_grad(x, linear.weight, linear.bias):
         return _LinearELUFunction.apply(x, linear.weight, linear.bias)
-    return _elu(torch.addmm(linear.bias, x, linear.weight.t()))
+    return _linear_elu_forward(x, linear.weight, linear.bias)
 
 
 class CoordinatewiseLSTM(nn.Module):

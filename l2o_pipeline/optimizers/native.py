@@ -59,7 +59,7 @@ def build(build_directory: str | None = None):
         capability = torch.backends.cpu.get_cpu_capability()
         return cpp_extension.load_inline(
             name=f"l2o_lstm_cell_{capability.lower()}", cpp_sources=SOURCE.read_text(),
-            functions=["lstm_forward", "lstm_backward"],
+            functions=["lstm_forward", "lstm_backward", "linear_elu"],
             extra_cflags=["-O3", "-ffast-math", "-fopenmp", *ISA_FLAGS.get(capability, [])],
             extra_ldflags=["-fopenmp"], verbose=False, **kwargs)
     except Exception as exc:  # no compiler, no ninja, a failed build: the eager kernels run
