@@ -104,12 +104,12 @@ def assert_same_training(tmp_path, singles, single_models, batched, models, init
         assert fa.keys() == fb.keys() and fa["hparams"] == fb["hparams"]
 
 
-@pytest.fixture(params=["per_run_layers", "batched_layers"])
+@pytest.fixture(params=["one_by_one", "batched_layers"])
 def layers(request, monkeypatch):
-    """Both ways the stacked step runs its layers: run by run through the single-run kernels
-    (a CPU's) and as one batched call per layer (a GPU's, forced here on the CPU)."""
+    """Both ways K runs go: one after another, each as its single run (a CPU's), and stacked
+    through the batched layers, one call per layer (a GPU's, forced here on the CPU)."""
     if request.param == "batched_layers":
-        monkeypatch.setattr(stacked, "_per_run", lambda device: False)
+        monkeypatch.setattr(stacked, "runs_one_by_one", lambda device: False)
     return request.param
 
 
@@ -135,7 +135,7 @@ def test_mixed_experiments_of_one_architecture(tmp_path, mnist, layers):
     assert_same_training(tmp_path, *run_both(tmp_path, specs))
 
 
-def test_runs_that_weigh_the_last_state_differently(tmp_path):
+def test_runs_that_weigh_the_last_state_differently(tmp_path, layers):
     """DMoptimizer with the mean loss beside one with sum_all (which draws a minibatch at the
     period's last state) and a longer run: every run keeps its own draws and length."""
     task = QuadraticTask(dim=4, n_problems=8)
@@ -157,7 +157,7 @@ class ExplodingQuadratic(QuadraticTask):
         return value * math.inf if self.W[0, 0, 0] > 0.7 else value
 
 
-def test_a_non_finite_run_skips_alone(tmp_path):
+def test_a_non_finite_run_skips_alone(tmp_path, layers):
     exploding, plain = ExplodingQuadratic(dim=4, n_problems=4), QuadraticTask(dim=4, n_problems=4)
     specs = [(RNNprop, exploding, settings(n_iterations=6), 0),
              (RNNprop, plain, settings(n_iterations=6), 0)]
@@ -166,7 +166,7 @@ def test_a_non_finite_run_skips_alone(tmp_path):
     assert_same_training(tmp_path, singles, *rest)
 
 
-def test_interrupted_batch_resumes_exactly(tmp_path, mnist):
+def test_interrupted_batch_resumes_exactly(tmp_path, mnist, layers):
     task = rnnprop_task(mnist)
     straight = [build(RNNprop, s) for s in (0, 1)]
     meta_train_batched([MetaTrainJob(m, task, settings(), tmp_path / f"a{s}", seed=s)

@@ -4,8 +4,8 @@ Run k's coordinates are rows ``[k, :, :]`` of every tensor (θ and gradient ``[K
 state ``[K, n, H]``), and its own weights multiply only them: the gate matmuls are ``bmm``
 over K, the pointwise work is the single-run kernels of :mod:`kernels` on ``[K·n, ·]``
 unchanged (they are coordinatewise). So the maths per run is the single run's, to float
-rounding (``tests/test_batched_k.py``), and K runs cost about what K processes cost on a CPU
-while a GPU gets K times the work per kernel launch.
+rounding (``tests/test_batched_k.py``), and a GPU gets K times the work per kernel launch.
+A CPU does not use these layers (:func:`runs_one_by_one`); the tests run them there too.
 
 Why not ``torch.func.vmap`` over ``functional_call``: the fast path's ``autograd.Function``s
 save tensors through ``ctx`` in ``forward`` and write into ``out=`` buffers, which vmap cannot
@@ -55,12 +55,13 @@ def unstack_state(state: State, k: int, like: State, n: int) -> State:
 # ------------------------------------------------------------------------------ stacked layers
 
 
-def _per_run(device: torch.device) -> bool:
-    """On a CPU the K runs go one after another through each layer, each through the
-    single-run autograd functions of :mod:`kernels` (the C++ kernels there): MKL's bmm is
-    slower than K mms on these shapes, and one run's gates stay in cache where K runs' do not
-    (measured: the batched functions below 0.7x the speed of K single runs). On a GPU, one
-    batched call per layer keeps it busy."""
+def runs_one_by_one(device: torch.device) -> bool:
+    """Whether K runs on ``device`` go one after another, each as its single run (a CPU's:
+    :mod:`l2o_pipeline.meta.batched_k` then never stacks them), rather than stacked through
+    the batched layers below (a GPU's: one call per layer for the K runs keeps it busy). On a
+    CPU MKL's bmm is slower than K mms on these shapes and one run's gates stay in cache where
+    K runs' do not: the batched layers measured 0.7x of K single runs, the stacked step with
+    per-run layers 0.87-0.92x."""
     return device.type == "cpu"
 
 
@@ -150,14 +151,7 @@ class _StackedLinearELU(torch.autograd.Function):
 
 def _rnnprop_features(model: RNNprop, params, grad, state):
     features, moments = model.inputs(grad, state[:4])
-    weight, bias = params["preprocess.weight"], params["preprocess.bias"]
-    if _per_run(features.device):
-        # unbind, not indexing: one autograd node whose backward stacks the K gradients,
-        # where K indexings each scatter into a zero-filled [K, ...] tensor
-        x = torch.stack([kernels._LinearELUFunction.apply(*args) for args in
-                         zip(features.unbind(), weight.unbind(), bias.unbind())])
-    else:
-        x = _StackedLinearELU.apply(features, weight, bias)
+    x = _StackedLinearELU.apply(features, params["preprocess.weight"], params["preprocess.bias"])
     return x, moments, state[4:]
 
 
@@ -185,12 +179,7 @@ def stacked_step(model: LSTMOptimizer, params: dict[str, torch.Tensor], grad: to
         weight, bias = params[f"cells.{layer}.weight"], params[f"cells.{layer}.bias"]
         constants = (cell._gate_scale, cell._forget_mask, cell._grad_factor,
                      float(cell.forget_bias))
-        if _per_run(x.device):
-            outs = [kernels._LSTMCellFunction.apply(*args, *constants) for args in
-                    zip(x.unbind(), h.unbind(), c.unbind(), weight.unbind(), bias.unbind())]
-            h, c = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-        else:
-            h, c = _StackedLSTMCell.apply(x, h, c, weight, bias, *constants)
+        h, c = _StackedLSTMCell.apply(x, h, c, weight, bias, *constants)
         new_state += [h, c]
         x = h
     K = x.shape[0]
