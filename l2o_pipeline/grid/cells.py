@@ -155,7 +155,11 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
         cell.extra["n_optimizers"] = len(cfg.tuning.lrs or LR_GRID) if stage == "tune" else (
             1 + sum(v is not None for k, v in cfg.evaluation.baselines.items()
                     if k != values.get("optimizer", cfg.optimizer.name)))
-        cell.extra["checkpoint_iteration"] = values.get("evaluation.checkpoint_iteration")
+        wanted = values.get("evaluation.checkpoint_iteration")
+        if (wanted is not None and cell.experiment is not None
+                and int(wanted) > protocol.iterations(cell.experiment)):
+            continue  # a checkpoint the protocol never meta-trains to: not one of its cells
+        cell.extra["checkpoint_iteration"] = wanted
         cells.append(cell)
     return cells
 
