@@ -133,6 +133,29 @@ def truncated_meta_loss(model: LearnedOptimizer, task: Task, theta: torch.Tensor
     return surrogate, value, theta, state
 
 
+def meta_gradient_of_period(model: LearnedOptimizer, meta_opt, task: Task, theta: torch.Tensor,
+                            state: State, generator: torch.Generator, weights: list[float],
+                            second_order: bool = False):
+    """One truncation period from (θ, state) cut off from the past, its meta-gradient in the
+    model's ``.grad`` (φ not stepped). Returns (meta-loss value, whether it and the
+    meta-gradient are finite, as a device tensor: no sync, θ_end, state_end)."""
+    theta, state = theta.detach(), detach_state(state)
+    if second_order:
+        theta.requires_grad_(True)
+    surrogate, value, theta, state = truncated_meta_loss(model, task, theta, state, generator,
+                                                         weights, second_order)
+    meta_opt.zero_grad(set_to_none=True)
+    if surrogate.requires_grad:
+        surrogate.backward()
+    return value, period_is_finite(value, model), theta, state
+
+
+def period_is_finite(value: torch.Tensor, model: LearnedOptimizer) -> torch.Tensor:
+    """Whether a period's meta-loss value and the model's meta-gradient are all finite."""
+    return torch.stack([torch.isfinite(value)] + [
+        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]).all()
+
+
 def select_checkpoint(model: LearnedOptimizer, variant: str, config, settings: MetaTrainSettings,
                       progress_state: dict, iteration: int, out: Path, validation_task,
                       seed: int, writer=None) -> None:
@@ -223,18 +246,11 @@ def meta_train(
             state = model.init_state(theta.numel(), device, theta.dtype)
             period_losses = []
             for _ in range(n_periods):
-                theta, state = theta.detach(), detach_state(state)
-                if settings.second_order:
-                    theta.requires_grad_(True)
-                surrogate, value, theta, state = truncated_meta_loss(
-                    model, instance, theta, state, generator, weights, settings.second_order)
-                meta_opt.zero_grad(set_to_none=True)
-                if surrogate.requires_grad:
-                    surrogate.backward()
+                value, finite, theta, state = meta_gradient_of_period(
+                    model, meta_opt, instance, theta, state, generator, weights,
+                    settings.second_order)
                 # One host sync per period for the whole check (it is per step nowhere).
-                finite = [torch.isfinite(value)] + [
-                    torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
-                if not bool(torch.stack(finite).all()):
+                if not bool(finite):
                     # Never let a non-finite loss or gradient touch φ: skip, restart the run.
                     progress_state["nonfinite_skips"] += 1
                     log.warning("non-finite meta-loss or meta-gradient at iteration %d: update "
