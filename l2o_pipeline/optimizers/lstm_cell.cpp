@@ -6,6 +6,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -85,43 +86,78 @@ void backward_rows(const T* z, const T* c, const T* dh, const T* dc, T* dz, T* d
   }
 }
 
-// One group of R rows' gates (see gates_rows).
-template <typename T, int N, int R>
-inline void gates_group(const T* x, int64_t nx, const T* h, int64_t nh, const T* w, const T* b,
-                        T* z) {
-  T acc[R][N];
+// The vector registers the gate loop may keep accumulators in: 24 of AVX-512's 32, 12 of
+// AVX2's (or SSE's) 16; the rest hold a weight vector and the broadcast inputs. Tiles sized
+// for AVX-512 spill on AVX2 and ran 2.5x slower there (AMD Zen 3).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kAccumulators = 24;
+#elif defined(__AVX2__)
+constexpr int kVectorBytes = 32, kAccumulators = 12;
+#else
+constexpr int kVectorBytes = 16, kAccumulators = 12;
+#endif
+
+// The gate tile: C columns (dividing N) by R rows, C/lanes x R accumulators in registers.
+// The widest C that still leaves R >= 4 rows to share each weight vector (AVX-512, float:
+// 80 x 4; AVX2: 16 x 6); measured per instruction set, as each spills differently.
+constexpr int kMaxTileRows = 6;
+template <typename T, int C>
+constexpr int tile_rows() {
+  constexpr int vectors = (C * sizeof(T) + kVectorBytes - 1) / kVectorBytes;
+  return std::max(1, std::min(kMaxTileRows, kAccumulators / vectors));
+}
+template <typename T, int N, int C = N>
+constexpr int tile_columns() {
+  constexpr int lanes = kVectorBytes / sizeof(T);
+  if constexpr (C <= lanes) {
+    return C;
+  } else if constexpr (N % C == 0 && C % lanes == 0 && tile_rows<T, C>() >= 4) {
+    return C;
+  } else {
+    return tile_columns<T, N, C - 1>();
+  }
+}
+
+// One tile: R rows' gates in columns [0, C) of z (x, h, w, b, z pointing at the tile).
+template <typename T, int N, int C, int R>
+inline void gates_tile(const T* x, int64_t nx, const T* h, int64_t nh, const T* w, const T* b,
+                       T* z) {
+  T acc[R][C];
   for (int q = 0; q < R; ++q)
 #pragma omp simd
-    for (int u = 0; u < N; ++u) acc[q][u] = b[u];
+    for (int u = 0; u < C; ++u) acc[q][u] = b[u];
   for (int64_t k = 0; k < nx; ++k)
     for (int q = 0; q < R; ++q) {
       const T a = x[q * nx + k];
 #pragma omp simd
-      for (int u = 0; u < N; ++u) acc[q][u] += a * w[k * N + u];
+      for (int u = 0; u < C; ++u) acc[q][u] += a * w[k * N + u];
     }
   for (int64_t k = 0; k < nh; ++k)
     for (int q = 0; q < R; ++q) {
       const T a = h[q * nh + k];
 #pragma omp simd
-      for (int u = 0; u < N; ++u) acc[q][u] += a * w[(nx + k) * N + u];
+      for (int u = 0; u < C; ++u) acc[q][u] += a * w[(nx + k) * N + u];
     }
   for (int q = 0; q < R; ++q)
 #pragma omp simd
-    for (int u = 0; u < N; ++u) z[q * N + u] = acc[q][u];
+    for (int u = 0; u < C; ++u) z[q * N + u] = acc[q][u];
 }
 
-// z[r] = b + x[r]·Wx + h[r]·Wh for `rows` rows, N = 4H known at compile time: R rows' gates
-// stay in registers (R fixed, so the compiler unrolls them) while each weight row is loaded
-// once for all R. ATen's GEMM, called per 256-row block, spends about half its time in
-// dispatch and packing at these shapes.
+// z[r] = b + x[r]·Wx + h[r]·Wh for `rows` rows, N = 4H known at compile time: a tile of R rows
+// by C columns stays in registers (fixed, so the compiler unrolls it) while each weight vector
+// is loaded once for all R rows. ATen's GEMM, called per 256-row block, spends about half its
+// time in dispatch and packing at these shapes.
 template <typename T, int N>
 void gates_rows(const T* x, int64_t nx, const T* h, int64_t nh, const T* w, const T* b, T* z,
                 int64_t rows) {
-  constexpr int R = sizeof(T) == 4 ? 4 : 2;  // R x N accumulators fit the vector registers
+  constexpr int C = tile_columns<T, N>(), R = tile_rows<T, C>();
   int64_t r = 0;
   for (; r + R <= rows; r += R)
-    gates_group<T, N, R>(x + r * nx, nx, h + r * nh, nh, w, b, z + r * N);
-  for (; r < rows; ++r) gates_group<T, N, 1>(x + r * nx, nx, h + r * nh, nh, w, b, z + r * N);
+    for (int col = 0; col < N; col += C)
+      gates_tile<T, N, C, R>(x + r * nx, nx, h + r * nh, nh, w + col, b + col, z + r * N + col);
+  for (; r < rows; ++r)
+    for (int col = 0; col < N; col += C)
+      gates_tile<T, N, C, 1>(x + r * nx, nx, h + r * nh, nh, w + col, b + col, z + r * N + col);
 }
 
 // One block's gates into zb: the register-blocked loop for the usual hidden sizes, else ATen.
