@@ -40,9 +40,11 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   ``fraction_of_limit`` = limit / ``ms_per_step``; the batched rows add
   ``speedup_limit_vs_sequential``, the largest speed-up that peak allows.
 - ``limit/rnnprop/{meta_train,apply}``: the limit of this machine for an RNNprop step
-  (:func:`measure_limit`): its GEMM FLOPs at the sgemm rate measured here on each of the
-  step's GEMM shapes, plus its transcendentals at the measured ``torch.exp`` throughput
-  (``sgemm_gflops``, ``exp_per_ns``, ``gemm_ms``, ``transcendental_ms``); the real rows of
+  (:func:`measure_limit`): its GEMM FLOPs at the machine's sgemm peak measured here (a
+  square product, or the step's own shapes where one runs faster: ``sgemm_peak_gflops``;
+  ``sgemm_gflops`` per shape for information), plus its transcendentals at the measured
+  throughput of ``torch.exp`` or ``torch.sigmoid``, whichever is faster (``exp_per_ns``,
+  ``gemm_ms``, ``transcendental_ms``); the real rows of
   that phase carry ``fraction_of_limit`` = limit time / their time.
 - ``*/eager``: the fast path with the eager kernels instead of the C++ ones.
 
@@ -185,6 +187,7 @@ def measure_meta_train(args, family, variant):
     return _result(args, per_iter, base_rss, n_coords=task.n_params)
 
 
+SGEMM_PEAK_SIZE = 1024  # the square product that measures the sgemm peak
 BATCHED_K = 3  # runs of meta_train/rnnprop/batched_k
 
 
@@ -367,9 +370,9 @@ def step_work(n: int, hidden: int, n_layers: int, train: bool) -> dict:
 
 
 def measure_limit(args, family, phase):
-    """The limit of this machine for a step of ``family``: its GEMMs at the sgemm rate measured
-    here on each of their shapes (buffers allocated once) plus its transcendentals at the
-    measured throughput of torch.exp on a cache-resident buffer."""
+    """The limit of this machine for a step of ``family``: its GEMM FLOPs at the sgemm peak
+    measured here (buffers allocated once) plus its transcendentals at the measured throughput
+    of one exponential on a cache-resident buffer."""
     torch, dataset = _setup(args)
     task = (_training_task(dataset, family, args.device)[0] if phase == "meta_train"
             else _mlp_task(dataset))
@@ -385,15 +388,25 @@ def measure_limit(args, family, phase):
         gflops[f"{rows}x{inner}x{cols}"] = 1e-9 * _rate(
             torch, args.device, lambda a=a, b=b, out=out: torch.mm(a, b, out=out),
             2.0 * rows * inner * cols)
-    # 2 × 256 KB: stays in L2; a separate output (exp of exp... would overflow to inf)
+    # The machine's sgemm peak: a square product large enough for ATen's best kernel. The
+    # step's own shapes run below it in ATen (the C++ gate loop runs above their rate).
+    a = torch.rand(SGEMM_PEAK_SIZE, SGEMM_PEAK_SIZE, device=args.device)
+    out = torch.empty_like(a)
+    peak = 1e-9 * _rate(torch, args.device, lambda: torch.mm(a, a, out=out),
+                        2.0 * SGEMM_PEAK_SIZE ** 3)
+    peak = max(peak, *gflops.values())
+    # 2 × 256 KB: stays in L2; a separate output (exp of exp... would overflow to inf). The
+    # faster of exp and sigmoid (each one exponential): ATen vectorises them differently.
     buf = torch.rand(64 * 1024, device=args.device) - 0.5
     exp_out = torch.empty_like(buf)
-    exp_rate = _rate(torch, args.device, lambda: torch.exp(buf, out=exp_out), buf.numel())
-    gemm_s = sum(2.0 * r * k * c / (1e9 * gflops[f"{r}x{k}x{c}"]) for r, k, c in work["gemms"])
+    exp_rate = max(_rate(torch, args.device, lambda f=f: f(buf, out=exp_out), buf.numel())
+                   for f in (torch.exp, torch.sigmoid))
+    gemm_s = sum(2.0 * r * k * c / (1e9 * peak) for r, k, c in work["gemms"])
     trans_s = work["transcendentals"] / exp_rate
     step_s = gemm_s + trans_s
     out = _result(args, [step_s * N_STEPS] * 2, base_rss, n_coords=n)
     return out | {"gemm_gflop": round(sum(2e-9 * r * k * c for r, k, c in work["gemms"]), 3),
+                  "sgemm_peak_gflops": round(peak, 1),
                   "sgemm_gflops": {k: round(v, 1) for k, v in gflops.items()},
                   "transcendentals": work["transcendentals"],
                   "exp_per_ns": round(exp_rate * 1e-9, 3),
