@@ -46,8 +46,9 @@ def test_rnnprop_update_is_minus_alpha_tanh_of_the_output():
         opt.output.bias.fill_(0.7)  # zero LSTM ⇒ h = 0 ⇒ output = bias
     update, state = opt.step(torch.tensor([0.3, -0.1, 2.0]), opt.init_state(3))
     assert torch.allclose(update, torch.full((3,), -0.1 * math.tanh(0.7)))
-    # c = σ(f + forget_bias)·0 + σ(i)·tanh(0) = 0
-    assert torch.all(state[-1] == 0)
+    # c = σ(f + forget_bias)·0 + σ(i)·tanh(0) = 0, to float32 rounding: the kernels' tanh is
+    # 2σ(2x) − 1, exact at 0 only where exp(0) is (glibc's AVX2 vector expf gives 1 + 2⁻²³)
+    assert state[-1].abs().max() <= 2 * torch.finfo(torch.float32).eps
 
 
 def test_rnnprop_step_matches_a_per_coordinate_reference():
