@@ -131,6 +131,14 @@ def test_synthetic_datasets_are_deterministic_and_learnable():
     assert load_dataset("synthetic_cifar10", "unused").x.shape == (512, 3, 32, 32)
 
 
+def test_gather_is_indexing_for_any_index_shape():
+    ds = synthetic_dataset("cifar10", n=50, seed=0)
+    for shape in ((7,), (3, 5), (2, 1, 4)):
+        idx = torch.randint(0, 50, shape, generator=torch.Generator().manual_seed(len(shape)))
+        x, y = ds.gather(idx)
+        assert torch.equal(x, ds.x[idx]) and torch.equal(y, ds.y[idx])
+
+
 def test_invalid_names_and_values_raise():
     with pytest.raises(ValueError, match="synthetic_cifar10"):
         load_dataset("imagenet", "unused")

@@ -65,7 +65,7 @@ class ClassificationTask(Task):
 
     def sample_batch(self, generator: torch.Generator):
         idx = self.sample_indices(generator).to(self.device, non_blocking=True)  # no host sync
-        return self.dataset.x[idx], self.dataset.y[idx]
+        return self.dataset.gather(idx)
 
     @classmethod
     def batched(cls, instances):
@@ -146,8 +146,7 @@ class BatchedClassification(VmapBatched):
     def sample_batch(self, generators):
         task = self.instances[0]
         idx = torch.stack([task.sample_indices(g) for g in generators])
-        idx = idx.to(self.device, non_blocking=True)
-        return task.dataset.x[idx], task.dataset.y[idx]
+        return task.dataset.gather(idx.to(self.device, non_blocking=True))
 
 
 class BatchedMLP(BatchedClassification):
