@@ -47,6 +47,8 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   ``gemm_ms``, ``transcendental_ms``); the real rows of
   that phase carry ``fraction_of_limit`` = limit time / their time.
 - ``*/eager``: the fast path with the eager kernels instead of the C++ ones.
+- ``meta_train/rnnprop/no_graph`` (``--device cuda`` only): the fast row without the CUDA
+  graph of a truncation period (``L2O_CUDA_GRAPHS=false``): what the graph buys.
 
 Timings are medians over repeats, after one warm-up repeat; ``load_avg`` is the 1-minute load
 average when the measurement started (the figures are only comparable on a quiet machine).
@@ -98,6 +100,7 @@ def _setup(args, variant="fast"):
     from l2o_pipeline.optimizers import kernels, native
 
     kernels.set_compile(args.compile_mode)
+    os.environ["L2O_CUDA_GRAPHS"] = "false" if variant == "no_graph" else "auto"
     kernels.set_memory_saving(variant == "save_memory")
     # the fast rows use the C++ kernels on CPU; */eager and */save_memory the eager ones
     native.set_native("false" if variant in ("eager", "save_memory") else "auto")
@@ -161,7 +164,7 @@ def measure_meta_train(args, family, variant):
     if variant == "reference":
         ref = _reference_module()
         model = ref.reference_from(model)
-        from l2o_pipeline.meta.train import meta_loss_weights
+        from l2o_pipeline.meta.period import meta_loss_weights
 
         meta_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         gen = torch.Generator().manual_seed(0)
@@ -464,7 +467,7 @@ def worker(args):
 # ----------------------------------------------------------------------------- driver side
 
 
-def measurements(quick: bool, compile_mode: str) -> list[tuple[str, str]]:
+def measurements(quick: bool, compile_mode: str, device: str = "cpu") -> list[tuple[str, str]]:
     """(name, compile mode) pairs; the fast rows run with ``compile_mode``."""
     fast = "false" if compile_mode == "both" else compile_mode
     rows = [("limit/rnnprop/meta_train", "false"), ("limit/rnnprop/apply", "false")]
@@ -475,6 +478,8 @@ def measurements(quick: bool, compile_mode: str) -> list[tuple[str, str]]:
             rows += [(f"{kind}/{family}/reference", "false"), (f"{kind}/{family}", fast)]
         rows.append((f"{kind}/rnnprop/eager", fast))
     rows.append(("meta_train/rnnprop/batched_k", fast))
+    if device == "cuda":
+        rows.append(("meta_train/rnnprop/no_graph", fast))
     if not quick:
         rows.append(("meta_train/rnnprop/save_memory", fast))
     for name in ("evaluate/adam", "evaluate/rnnprop", "tune/adam"):  # sequential first
@@ -523,7 +528,7 @@ def main(argv=None):
               "multi-threaded timings erratic on a busy host (up to 10x): consider "
               "--omp-passive or --threads 1", file=sys.stderr)
     args.runs = args.runs or (10 if args.quick else 100)
-    rows = measurements(args.quick, args.compile)
+    rows = measurements(args.quick, args.compile, args.device)
     if args.only:
         prefixes = args.only.split(",")
         rows = [r for r in rows if any(r[0].startswith(p) for p in prefixes)]

@@ -8,8 +8,9 @@ with it; a failed one is recorded and the next runs), all records under ``--out`
 
 1. ``consistency``: the same short runs on the device and on the CPU, float32: a 100-step
    RNNprop trajectory (fast path, and the device's CUDA-graph replay), one truncation's
-   meta-gradient, and three batched-K meta-training iterations; relative errors against the
-   tolerances of ``tests/test_fast_path.py`` -> ``consistency.json``.
+   meta-gradient, three meta-training iterations (their periods replayed as a CUDA graph on
+   the device, and without it), and three batched-K meta-training iterations; relative errors
+   against the tolerances of ``tests/test_fast_path.py`` -> ``consistency.json``.
 2. ``bench``: ``bench/bench_speed.py --device <device> --quick`` on the rows the issue asks for
    -> ``bench.jsonl``.
 3. ``meta_train``: the ``paper_meta_train`` experiments x seeds 0-2, batched per architecture
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging.handlers
 import os
 import subprocess
 import sys
@@ -49,9 +51,9 @@ def consistency(device: str, dry_run: bool) -> dict:
     from l2o_pipeline import cuda_graphs
     from l2o_pipeline.data import synthetic_dataset
     from l2o_pipeline.evaluate import run_optimizer
-    from l2o_pipeline.meta import MetaTrainSettings
+    from l2o_pipeline.meta import MetaTrainSettings, graphed_period, meta_train
     from l2o_pipeline.meta.batched_k import MetaTrainJob, meta_train_batched
-    from l2o_pipeline.meta.train import meta_loss_weights, truncated_meta_loss
+    from l2o_pipeline.meta.period import meta_loss_weights, truncated_meta_loss
     from l2o_pipeline.optimizees import MLPTask, SquareTask
     from l2o_pipeline.optimizers import RNNprop
     from l2o_pipeline.tricks import Combined, RandomScaling
@@ -68,6 +70,34 @@ def consistency(device: str, dry_run: bool) -> dict:
     def model_on(dev, seed=0):
         torch.manual_seed(seed)
         return RNNprop().to(dev)
+
+    def meta_trained(dev, settings, graphs: str):
+        """(meta-parameters after ``settings``' iterations of meta_train on ``dev``, whether a
+        CUDA graph replayed every period) with ``L2O_CUDA_GRAPHS=graphs``."""
+        import tempfile
+
+        captured, fell_back = [], logging.handlers.BufferingHandler(100)
+        capture = graphed_period.GraphedPeriods._capture
+
+        def spy(self):
+            capture(self)
+            captured.append(True)
+        os.environ["L2O_CUDA_GRAPHS"] = graphs
+        graphed_period.GraphedPeriods._capture = spy
+        graphed_period.log.addHandler(fell_back)
+        try:
+            model = model_on(dev)
+            with tempfile.TemporaryDirectory() as tmp:
+                meta_train(model, task_on(dev), settings, tmp, seed=0, progress=False)
+        finally:
+            graphed_period.GraphedPeriods._capture = capture
+            graphed_period.log.removeHandler(fell_back)
+            os.environ["L2O_CUDA_GRAPHS"] = "auto"
+        fell_back = [r.getMessage() for r in fell_back.buffer]
+        if fell_back:
+            out["meta_train_graph_fallback"] = fell_back
+        return (torch.cat([p.detach().flatten().cpu() for p in model.parameters()]),
+                bool(captured) and not fell_back)
 
     out = {"device": device, "torch": torch.__version__, "checks": {}}
     if device == "cuda":
@@ -95,7 +125,13 @@ def consistency(device: str, dry_run: bool) -> dict:
             results = meta_train_batched([MetaTrainJob(m, shared, settings, Path(tmp) / str(s),
                                                        seed=s) for s, m in enumerate(models)],
                                          progress=False)
+        periods = MetaTrainSettings(n_iterations=3, steps_per_run=10 if dry_run else 40,
+                                    unroll=5 if dry_run else 20, meta_lr=1e-3,
+                                    checkpoint_every=10**6, state_every=10**6, selection="last")
+        meta_params, graph_used = meta_trained(dev, periods, "auto")
         runs[dev] = {"curve": curve, "final": final, "graphed": graphed,
+                     "meta_train": meta_params, "meta_train_graphed": graph_used,
+                     "meta_train_no_graph": meta_trained(dev, periods, "false")[0],
                      "theta_end": theta_end.detach().cpu(),
                      "grad": torch.cat([g.flatten() for g in grads]).cpu(),
                      "batched_k": torch.cat([p.detach().flatten().cpu() for m in models
@@ -109,10 +145,13 @@ def consistency(device: str, dry_run: bool) -> dict:
         "truncation_theta": (_rel(dev["theta_end"], cpu["theta_end"]), REL),
         "meta_gradient": (_rel(dev["grad"], cpu["grad"]), REL_GRAD),
         "batched_k_meta_params": (_rel(dev["batched_k"], cpu["batched_k"]), REL),
+        "meta_train_vs_cpu": (_rel(dev["meta_train"], cpu["meta_train"]), REL),
+        "meta_train_graph_vs_none": (_rel(dev["meta_train"], dev["meta_train_no_graph"]), REL),
     }
     out["checks"] = {k: {"rel_err": v, "tolerance": tol, "ok": v <= tol}
                      for k, (v, tol) in checks.items()}
     out["graphed_used"] = bool(dev["graphed"][2])
+    out["meta_train_graphed_used"] = dev["meta_train_graphed"]
     out["ok"] = all(c["ok"] for c in out["checks"].values())
     return out
 

@@ -16,7 +16,7 @@ import torch
 
 from l2o_pipeline.data import synthetic_dataset
 from l2o_pipeline.evaluate import run_optimizer
-from l2o_pipeline.meta.train import meta_loss_weights, truncated_meta_loss
+from l2o_pipeline.meta.period import meta_loss_weights, truncated_meta_loss
 from l2o_pipeline.optimizees import MLPTask, SquareTask
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels, native

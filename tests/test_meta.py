@@ -8,7 +8,7 @@ import torch
 from l2o_pipeline.checkpoint import CheckpointError, load_optimizer, save_optimizer
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.meta import MetaTrainSettings, meta_train, truncated_meta_loss
-from l2o_pipeline.meta.train import meta_loss_weights
+from l2o_pipeline.meta.period import meta_loss_weights
 from l2o_pipeline.optimizees import QuadraticTask
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers import DMOptimizer, RNNprop

@@ -35,13 +35,11 @@ import torch
 from l2o_pipeline.checkpoint import optimizer_payload
 from l2o_pipeline.errors import UserError
 from l2o_pipeline.meta.meta_adam import MetaAdam
+from l2o_pipeline.meta.period import meta_gradient_of_period, meta_loss_weights, period_is_finite
 from l2o_pipeline.meta.train import (
     MetaTrainResult,
     MetaTrainSettings,
     load_training_state,
-    meta_gradient_of_period,
-    meta_loss_weights,
-    period_is_finite,
     save_training_state,
     select_checkpoint,
 )

@@ -4,9 +4,8 @@ One *iteration* = one optimizee run of ``steps_per_run`` steps from a fresh task
 split into periods of ``unroll`` steps. Each period ends with one meta-update; the optimizee
 state (θ and the optimizer's recurrent state) crosses period boundaries without gradient.
 
-Meta-gradient: the optimizee gradient g_t is detached (∂∇/∂φ = 0, both papers), so
-d f(θ_t)/dφ = g_t · dθ_t/dφ. We therefore backpropagate the surrogate Σ_t w_t ⟨g_t, θ_t⟩
-instead of Σ_t w_t f(θ_t): the same gradient, without keeping the optimizee's graph alive.
+A period's unroll and meta-gradient: :mod:`l2o_pipeline.meta.period` (on a GPU, replayed as
+one CUDA graph: :mod:`l2o_pipeline.meta.graphed_period`).
 """
 
 from __future__ import annotations
@@ -22,9 +21,11 @@ import torch
 
 from l2o_pipeline.checkpoint import STATE_FORMAT, CheckpointError, load_file, optimizer_payload
 from l2o_pipeline.evaluate import evaluate
+from l2o_pipeline.meta.graphed_period import period_runner
 from l2o_pipeline.meta.meta_adam import MetaAdam
+from l2o_pipeline.meta.period import meta_loss_weights
 from l2o_pipeline.optimizees.base import Task
-from l2o_pipeline.optimizers.base import LearnedOptimizer, State, detach_state
+from l2o_pipeline.optimizers.base import LearnedOptimizer
 from l2o_pipeline.progress import Progress
 from l2o_pipeline.records import move_aside, save_torch
 
@@ -93,69 +94,6 @@ class MetaTrainResult:
     seconds: float = 0.0
 
 
-def meta_loss_weights(kind: str, unroll: int) -> list[float]:
-    """Weight of f(θ_t) for t = 0..unroll (the last entry is the state after the period)."""
-    if kind == "last":
-        return [0.0] * (unroll - 1) + [1.0, 0.0]
-    if kind == "mean":
-        return [1.0 / unroll] * unroll + [0.0]
-    return [1.0] * (unroll + 1)
-
-
-def truncated_meta_loss(model: LearnedOptimizer, task: Task, theta: torch.Tensor, state: State,
-                        generator: torch.Generator, weights: list[float],
-                        second_order: bool = False):
-    """Unroll one truncation period from (θ, state).
-
-    Returns (surrogate, meta_loss_value, θ_end, state_end). ``surrogate.backward()`` gives the
-    meta-gradient of Σ_t w_t f(θ_t); ``meta_loss_value`` is that sum (detached).
-    """
-    unroll = len(weights) - 1
-    surrogate = theta.new_zeros(())
-    value = theta.new_zeros(())
-    for t in range(unroll + 1):
-        w = weights[t]
-        if t == unroll and w == 0.0:
-            break
-        batch = task.sample_batch(generator)
-        if second_order:
-            loss = task.loss(theta, batch)
-            (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
-            loss = loss.detach()
-        else:
-            loss, grad = task.loss_and_grad(theta, batch)
-        if w:
-            surrogate = surrogate + w * torch.dot(grad.detach(), theta)
-            value = value + w * loss
-        if t < unroll:
-            update, state = model.step(grad, state)
-            theta = theta + update
-    return surrogate, value, theta, state
-
-
-def meta_gradient_of_period(model: LearnedOptimizer, meta_opt, task: Task, theta: torch.Tensor,
-                            state: State, generator: torch.Generator, weights: list[float],
-                            second_order: bool = False):
-    """One truncation period from (θ, state) cut off from the past, its meta-gradient in the
-    model's ``.grad`` (φ not stepped). Returns (meta-loss value, whether it and the
-    meta-gradient are finite, as a device tensor: no sync, θ_end, state_end)."""
-    theta, state = theta.detach(), detach_state(state)
-    if second_order:
-        theta.requires_grad_(True)
-    surrogate, value, theta, state = truncated_meta_loss(model, task, theta, state, generator,
-                                                         weights, second_order)
-    meta_opt.zero_grad(set_to_none=True)
-    if surrogate.requires_grad:
-        surrogate.backward()
-    return value, period_is_finite(value, model), theta, state
-
-
-def period_is_finite(value: torch.Tensor, model: LearnedOptimizer) -> torch.Tensor:
-    """Whether a period's meta-loss value and the model's meta-gradient are all finite."""
-    return torch.stack([torch.isfinite(value)] + [
-        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]).all()
-
-
 def select_checkpoint(model: LearnedOptimizer, variant: str, config, settings: MetaTrainSettings,
                       progress_state: dict, iteration: int, out: Path, validation_task,
                       seed: int, writer=None) -> None:
@@ -214,6 +152,7 @@ def meta_train(
     generator = torch.Generator().manual_seed(seed)
     weights = meta_loss_weights(settings.meta_loss, settings.unroll)
     n_periods = settings.steps_per_run // settings.unroll
+    run_period = period_runner(model, meta_opt, task, weights, settings.second_order, device)
 
     # Everything the loop depends on lives in `progress_state`, so a resume is exact.
     progress_state = {"iteration": 0, "nonfinite_skips": 0, "ema": None, "best_score": math.inf,
@@ -246,9 +185,7 @@ def meta_train(
             state = model.init_state(theta.numel(), device, theta.dtype)
             period_losses = []
             for _ in range(n_periods):
-                value, finite, theta, state = meta_gradient_of_period(
-                    model, meta_opt, instance, theta, state, generator, weights,
-                    settings.second_order)
+                value, finite, theta, state = run_period(instance, theta, state, generator)
                 # One host sync per period for the whole check (it is per step nowhere).
                 if not bool(finite):
                     # Never let a non-finite loss or gradient touch φ: skip, restart the run.
