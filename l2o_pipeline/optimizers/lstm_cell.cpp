@@ -109,7 +109,7 @@ constexpr int tile_rows() {
 template <typename T, int N, int C = N>
 constexpr int tile_columns() {
   constexpr int lanes = kVectorBytes / sizeof(T);
-  if constexpr (C <= lanes) {
+  if constexpr (C <= lanes && N % C == 0) {  // e.g. N = 40, 16 lanes: 10, never 16
     return C;
   } else if constexpr (N % C == 0 && C % lanes == 0 && tile_rows<T, C>() >= 4) {
     return C;
@@ -151,6 +151,7 @@ template <typename T, int N>
 void gates_rows(const T* x, int64_t nx, const T* h, int64_t nh, const T* w, const T* b, T* z,
                 int64_t rows) {
   constexpr int C = tile_columns<T, N>(), R = tile_rows<T, C>();
+  static_assert(N % C == 0, "a tile must not run past the row");
   int64_t r = 0;
   for (; r + R <= rows; r += R)
     for (int col = 0; col < N; col += C)
