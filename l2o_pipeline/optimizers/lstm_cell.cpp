@@ -109,9 +109,8 @@ constexpr int tile_rows() {
 template <typename T, int N, int C = N>
 constexpr int tile_columns() {
   constexpr int lanes = kVectorBytes / sizeof(T);
-  if constexpr (C <= lanes && N % C == 0) {  // e.g. N = 40, 16 lanes: 10, never 16
-    return C;
-  } else if constexpr (N % C == 0 && C % lanes == 0 && tile_rows<T, C>() >= 4) {
+  // A divisor of N (N = 40, 16 lanes: 10, never 16), at most one vector or whole vectors.
+  if constexpr (N % C == 0 && (C <= lanes || (C % lanes == 0 && tile_rows<T, C>() >= 4))) {
     return C;
   } else {
     return tile_columns<T, N, C - 1>();
