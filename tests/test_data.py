@@ -16,6 +16,7 @@ from l2o_pipeline.data import (
     load_cifar10,
     load_dataset,
     load_mnist,
+    missing_data,
     synthetic_dataset,
     write_fake_cifar10,
     write_fake_mnist,
@@ -99,6 +100,24 @@ def test_missing_cifar10_names_the_paths_and_how_to_get_them(tmp_path):
     with pytest.raises(DatasetNotFoundError) as info:
         load_cifar10(partial)
     assert "data_batch_3" in str(info.value) and "data_batch_1" not in str(info.value)
+
+
+def test_missing_data_says_what_loading_would_refuse_without_reading(tmp_path):
+    # CIFAR-10 has no fallback: absent files are named, as loading would name them.
+    why = missing_data("cifar10", tmp_path)
+    assert why is not None and str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in why
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_cifar10(tmp_path)
+    assert str(info.value) == why
+    assert missing_data("cifar10", tmp_path, download=True) is None  # only trying can tell
+    assert missing_data("cifar10", write_fake_cifar10(tmp_path / "c", n=10)) is None
+    # MNIST: the embedded digits stand in unless the fallback is off.
+    assert missing_data("mnist", tmp_path) is None
+    assert "train-images-idx3-ubyte" in missing_data("mnist", tmp_path, fallback=None)
+    assert missing_data("mnist", write_fake_mnist(tmp_path / "m", n=20), fallback=None) is None
+    assert missing_data("synthetic_cifar10", tmp_path) is None
+    with pytest.raises(ValueError, match="valid names"):
+        missing_data("imagenet", tmp_path)
 
 
 def test_failed_download_raises_with_the_reason(tmp_path, monkeypatch):

@@ -200,3 +200,55 @@ def test_a_signal_to_the_runner_stops_its_cells_with_their_state_saved(tmp_path,
     log = [json.loads(x) for x in (archive / "paper" / grid.GRID_LOG).read_text().splitlines()]
     assert [r["outcome"] for r in log] == ["stopped"]  # logged once the cell had exited
     assert (folder / "state.pt").is_file() and not (folder / "DONE").exists()
+
+
+def _cnn_protocol(tmp_path, data_dir, **sweeps):
+    """Adam at one rate on the CNNs, the real datasets read from ``data_dir``."""
+    spec = {"name": "cnn", "description": "test", "meta_train_iterations": {"default": 2},
+            "overrides": ["seed=0", f"data.dir={data_dir}"],
+            "sweeps": {"tune_cnn": ["optimizer=adam", "tuning.lrs=[0.01]"],
+                       "fig7": ["experiment=rnnprop"], **sweeps}}
+    path = tmp_path / "cnn.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return grid.load_protocol(path)
+
+
+def test_cells_without_their_data_are_marked_not_costed_and_block_only_their_own(tmp_path):
+    from l2o_pipeline.data import write_fake_cifar10
+
+    archive, data_dir = tmp_path / "archive", tmp_path / "data"
+    protocol = _cnn_protocol(tmp_path, data_dir)
+    cells = grid.collect(archive, protocol, ["fig7"])
+    tune = {c.extra["optimizee"]: c for c in cells["tune_cnn"]}
+    fig7 = {c.extra["optimizee"]: c for c in cells["fig7"]}
+    assert set(tune) == set(fig7) == {"mnist_cnn", "mnist_cnn_deep", "cifar_cnn"}
+    for c in (tune["cifar_cnn"], fig7["cifar_cnn"]):
+        assert c.state == "no data" and c.estimate_s == 0 and c.extra["dataset"] == "cifar10"
+        assert "CIFAR-10" in c.detail and str(data_dir) in c.extra["no_data"]
+    assert tune["mnist_cnn"].state == "pending" and tune["mnist_cnn"].estimate_s > 0
+    # Fig. 7 on an MNIST CNN waits for that CNN's tuning only, not for CIFAR-10's.
+    assert fig7["mnist_cnn"].state == "blocked"
+    assert "tune_cnn (0/1 cells)" in fig7["mnist_cnn"].detail
+    text = "\n".join(grid.status_lines(cells, protocol))
+    assert "2 cell(s) not run here for want of their data" in text and "data_batch_1" in text
+    # With the files in place the same cells are ordinary work.
+    write_fake_cifar10(data_dir, n=10)
+    cells = grid.collect(archive, _cnn_protocol(tmp_path, data_dir), ["tune_cnn"])
+    assert {c.state for c in cells["tune_cnn"]} == {"pending"}
+
+
+def test_a_run_logs_cells_without_data_once_and_starts_none(tmp_path):
+    archive = tmp_path / "archive"
+    protocol = _cnn_protocol(tmp_path, tmp_path / "empty",
+                             tune_cnn=["optimizer=adam", "optimizee=cifar_cnn"])
+    echoed = []
+    for _ in range(2):
+        counts = grid.run_grid(archive, protocol, hours=0.1, only=["tune_cnn"],
+                               poll_s=0.1, echo=echoed.append)
+        assert counts == {"finished": 0, "stopped": 0, "failed": 0}
+    log = [json.loads(x) for x in (archive / "paper" / grid.GRID_LOG).read_text().splitlines()]
+    assert [(r["outcome"], r["dataset"]) for r in log] == [("no data", "cifar10")]
+    [cell] = grid.collect(archive, protocol, ["tune_cnn"])["tune_cnn"]
+    assert log[0]["cell"] == cell.name and "optimizee=cifar_cnn" in cell.name
+    assert echoed == [f"no data: {log[0]['cell']}"]
+    assert grid.last_outcomes(archive / "paper")[log[0]["cell"]]["outcome"] == "no data"

@@ -407,3 +407,26 @@ def test_the_selected_checkpoint_and_numbered_ones_of_one_task_are_listed_togeth
     idx = RunIndex(root).scan()
     assert idx.learned_at(task, 100) == [("rnnprop", None), ("rnnprop", 100), ("rnnprop", 300)]
     report.build_report(root, tmp_path / "docs", figures=False)  # renders every comparison
+
+
+def test_data_the_grid_lacked_is_said_where_its_claims_need_it(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    cell = "tune_cnn/optimizee=cifar_cnn,optimizer=adam/seed_0"
+    records = [{"cell": cell, "outcome": "no data", "dataset": "cifar10"},
+               {"cell": "tune_cnn/optimizee=mnist_cnn,optimizer=adam/seed_0",
+                "outcome": "no data", "dataset": "mnist"},
+               {"cell": "tune_cnn/optimizee=mnist_cnn,optimizer=adam/seed_0",
+                "outcome": "finished"}]  # the data came later: its last record counts
+    (runs / "grid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records)
+                                     + '{"cell": "cut')  # a line a crash cut short
+    res = report.build_report(runs, tmp_path / "out", figures=False)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("**No data: cifar10**: absent where the grid ran, so 1 cell(s) were not run "
+            f"(e.g. `{cell}`)") in md
+    assert "No data: mnist" not in md
+    checks = {c["check"]: c for c in _claim(res, "7")["checks"]}
+    cifar = [c for text, c in checks.items() if "CIFAR-10" in text]
+    mnist = [c for text, c in checks.items() if "CIFAR-10" not in text]
+    assert cifar and all("no data: cifar10" in c["detail"] for c in cifar)
+    assert mnist and not any("no data" in c["detail"] for c in mnist)

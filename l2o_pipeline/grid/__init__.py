@@ -15,8 +15,9 @@ the budget is spent: a meta-training cell still running at the deadline is stopp
 SIGTERM and saves its state (the next ``run`` continues it); an evaluation cell starts only
 when its estimated cost fits in what is left. ``status`` says per sweep what is done, what is
 running or resumable, what waits for what, and what the rest would cost on this machine
-(from the archive's own timings where it has them). ``launch`` is for a cluster: each sweep
-as one Hydra multirun through the launcher its overrides choose, in the same order.
+(from the archive's own timings where it has them), and which cells this machine lacks the
+data for (``no data``: never started, not costed, logged once). ``launch`` is for a cluster:
+each sweep as one Hydra multirun through the launcher its overrides choose, in the same order.
 """
 
 from l2o_pipeline.grid.cells import (
@@ -28,6 +29,7 @@ from l2o_pipeline.grid.cells import (
     Protocol,
     collect,
     expand,
+    last_outcomes,
     load_protocol,
     meta_progress,
     status_lines,
@@ -37,5 +39,5 @@ from l2o_pipeline.grid.cli import main
 from l2o_pipeline.grid.run import launch, launch_commands, run_grid
 
 __all__ = ["GRID_LOG", "PROTOCOL_DIR", "SWEEPS_DIR", "Cell", "GridError", "Protocol", "collect",
-           "expand", "launch", "launch_commands", "load_protocol", "main", "meta_progress",
-           "run_grid", "status_lines", "wanted_sweeps"]
+           "expand", "last_outcomes", "launch", "launch_commands", "load_protocol", "main",
+           "meta_progress", "run_grid", "status_lines", "wanted_sweeps"]

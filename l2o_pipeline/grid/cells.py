@@ -86,7 +86,7 @@ class Cell:
     seed: int
     target: int | None = None  # meta-training iterations (meta-training cells)
     n_runs: int | None = None
-    state: str = "pending"  # done | partial | pending | blocked | failed
+    state: str = "pending"  # done | partial | pending | blocked | no data
     detail: str = ""
     estimate_s: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -96,8 +96,8 @@ class Cell:
         return f"{self.sweep}/{self.folder.parent.name}/{self.folder.name}"
 
 
-def _compose_sweep(name: str, archive: Path):
-    """The sweep's config with Hydra's node, composed once (no job overrides)."""
+def _compose_sweep(name: str, archive: Path, overrides: list[str] = ()):
+    """The sweep's config with Hydra's node (no job overrides unless given)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -108,7 +108,8 @@ def _compose_sweep(name: str, archive: Path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(SWEEPS_DIR)):
         cfg = compose(name, overrides=[f"paths.runs_dir={archive}",
-                                       f"hydra.searchpath=[file://{CONFIG_DIR}]"],
+                                       f"hydra.searchpath=[file://{CONFIG_DIR}]",
+                                       *overrides],
                       return_hydra_config=True)
     GlobalHydra.instance().clear()
     return cfg
@@ -132,7 +133,7 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
     dirname_cfg = hydra_cfg.job.config.override_dirname
     exclude = list(dirname_cfg.exclude_keys)
     sweep_dir = Path(hydra_cfg.sweep.dir)
-    cells = []
+    cells, data_cache = [], {}
     for job in jobs:
         parsed = parser.parse_overrides(job)
         values = {o.key_or_group: o.value() for o in parsed}
@@ -148,8 +149,10 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
             cell.overrides.append(f"meta_train.n_iterations={cell.target}")
         cell.extra["optimizee"] = str(values.get("optimizee")
                                       or _experiment_optimizee(cell.experiment)
-                                      or cfg.optimizee.name)
+                                      or cfg.hydra.runtime.choices.optimizee)
         cell.extra["eval_steps"] = _eval_steps(values, cfg)
+        cell.extra["dataset"], cell.extra["no_data"] = _data_here(name, archive, job,
+                                                                 data_cache)
         # what one cell evaluates side by side: the rate grid of a tuning cell, else the
         # optimizer and its baselines
         cell.extra["n_optimizers"] = len(cfg.tuning.lrs or LR_GRID) if stage == "tune" else (
@@ -175,6 +178,26 @@ def _experiment_optimizee(experiment: str | None) -> str | None:
     return None
 
 
+# The overrides that can change which data a cell reads (the rest only change what it does).
+_DATA_KEYS = ("optimizee", "optimizee.dataset", "experiment", "debug")  # and data.*
+
+
+def _data_here(sweep: str, archive: Path, job: list[str], cache: dict
+               ) -> tuple[str | None, str | None]:
+    """(the dataset a cell's optimizee reads, or None; why this machine cannot read it, or
+    None): the sweep composed with those of the cell's overrides, once per distinct set."""
+    from l2o_pipeline.data import missing_data
+
+    key = tuple(sorted(o for o in job if o.split("=", 1)[0] in _DATA_KEYS
+                       or o.startswith("data.")))
+    if key not in cache:
+        cfg = _compose_sweep(sweep, archive, list(key))
+        dataset = cfg.optimizee.get("dataset")  # None: a synthetic task, nothing to read
+        cache[key] = (None, None) if dataset is None else (str(dataset), missing_data(
+            str(dataset), cfg.data.dir, bool(cfg.data.download), cfg.data.mnist_fallback))
+    return cache[key]
+
+
 def _eval_steps(values: dict, cfg) -> list[int]:
     horizon = values.get("horizon")
     if horizon is None:
@@ -192,6 +215,22 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def last_outcomes(runs: Path) -> dict[str, dict]:
+    """Each cell's latest record in ``runs``/grid.jsonl (``runs``: the archive's paper/)."""
+    latest = {}
+    try:
+        lines = (runs / GRID_LOG).read_text().splitlines()
+    except OSError:
+        return latest
+    for line in lines:
+        try:
+            record = json.loads(line)
+            latest[record["cell"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash: the others still count
+    return latest
 
 
 def meta_progress(folder: Path) -> tuple[int, float | None]:
@@ -263,10 +302,15 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
                 observed.setdefault(name, []).append(seconds / work)
             c.state = "done" if done is not None and _inputs_current(c, done, meta) else (
                 "pending")
+    for cells in cells_by_sweep.values():
+        for c in cells:  # a cell this machine cannot read the data of: neither run nor costed
+            if c.state != "done" and c.extra.get("no_data"):
+                c.state, c.estimate_s = "no data", 0.0
+                c.detail = f"no data: {c.extra['no_data'].split(';')[0]}"
     for name, cells in cells_by_sweep.items():
         rates = sorted(observed.get(name, []))
         for c in cells:
-            if c.sweep == META_TRAIN_SWEEP or c.state == "done":
+            if c.sweep == META_TRAIN_SWEEP or c.state in ("done", "no data"):
                 continue
             hand, learned = STEP_SECONDS[_family(c.extra["optimizee"])]
             steps = c.n_runs * sum(c.extra["eval_steps"])
@@ -304,6 +348,9 @@ def _waiting_for(c: Cell, cells_by_sweep: dict, meta: dict) -> str:
         if cells is None:
             waits.append(f"{need} (not in this run)")
             continue
+        # The cells of its own optimizee where the sweep has them (Fig. 7 on MNIST waits for
+        # the MNIST CNNs' tuning, not CIFAR-10's), else all of them.
+        cells = [x for x in cells if x.extra["optimizee"] == c.extra["optimizee"]] or cells
         missing = sum(x.state != "done" for x in cells)
         if missing:
             waits.append(f"{need} ({len(cells) - missing}/{len(cells)} cells)")
@@ -356,24 +403,29 @@ def _hours(seconds: float) -> str:
 
 def status_lines(cells_by_sweep: dict[str, list[Cell]], protocol: Protocol) -> list[str]:
     lines = [f"protocol: {protocol.name} ({protocol.description})",
-             f"{'sweep':<20} {'done':>9} {'partial':>7} {'ready':>6} {'blocked':>7}  "
-             f"{'rest costs':>10}  waiting for"]
+             f"{'sweep':<20} {'done':>9} {'partial':>7} {'ready':>6} {'blocked':>7} "
+             f"{'no data':>7}  {'rest costs':>10}  waiting for"]
     total = 0.0
+    no_data: dict[str, list[Cell]] = {}
     for name, cells in cells_by_sweep.items():
         count = {s: sum(c.state == s for c in cells) for s in ("done", "partial", "pending",
-                                                                 "blocked")}
+                                                                 "blocked", "no data")}
         rest = sum(c.estimate_s for c in cells if c.state != "done")
         total += rest
         waits = sorted({c.detail for c in cells if c.state == "blocked"})
         lines.append(f"{name:<20} {count['done']:>4}/{len(cells):<4} {count['partial']:>7} "
-                     f"{count['pending']:>6} {count['blocked']:>7}  {_hours(rest):>10}  "
+                     f"{count['pending']:>6} {count['blocked']:>7} {count['no data']:>7}  "
+                     f"{_hours(rest):>10}  "
                      + (waits[0] + (f" (+{len(waits) - 1} more)" if len(waits) > 1 else "")
                         if waits else ""))
         for c in cells:
             if c.sweep == META_TRAIN_SWEEP and c.state != "done":
                 lines.append(f"  {c.name}: {c.detail}, ~{_hours(c.estimate_s)} left")
+            if c.state == "no data":
+                no_data.setdefault(c.extra["no_data"], []).append(c)
     lines.append(f"the rest costs ~{_hours(total)} of one core on this machine "
                  "(estimated from the archive's own timings where it has them)")
+    for message, cells in no_data.items():  # the fix is the data, not more time
+        lines.append(f"{len(cells)} cell(s) not run here for want of their data "
+                     f"(e.g. {cells[0].name}): {message}")
     return lines
-
-

@@ -21,6 +21,7 @@ from l2o_pipeline.grid.cells import (
     _hours,
     collect,
     expand,
+    last_outcomes,
     wanted_sweeps,
 )
 from l2o_pipeline.records import write_text
@@ -81,6 +82,7 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
     running: dict[str, tuple[subprocess.Popen, Cell, float]] = {}
     counts = {"finished": 0, "stopped": 0, "failed": 0}
     tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin
+    logged = last_outcomes(archive / "paper")
 
     def reap(stop: bool = False) -> None:
         for key, (proc, cell, started) in list(running.items()):
@@ -108,6 +110,14 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
         if left <= 0 or stop_signal:
             break
         cells = collect(archive, protocol, only)
+        for c in (c for cs in cells.values() for c in cs if c.state == "no data"):
+            if c.name not in tried and logged.get(c.name, {}).get("outcome") != "no data":
+                # once in the log (the report says which data the grid lacked), never tried
+                _log(archive, {"cell": c.name, "outcome": "no data",
+                               "dataset": c.extra["dataset"], "protocol": protocol.name,
+                               "time": time.time(), "message": c.detail})
+                echo(f"no data: {c.name}")
+            tried.add(c.name)
         ready = [c for cs in cells.values() for c in cs
                  if c.state in ("pending", "partial") and c.name not in running
                  and c.name not in tried]

@@ -64,6 +64,7 @@ def settings(idx: RunIndex) -> dict:
         "data_download": _values(idx.configs, "data", "download"),
         "fallback_logs": sorted(idx.fallback_logs),
         "data_sources": dict(sorted(idx.data_sources.items())),
+        "no_data": dict(sorted(idx.no_data.items())),
         "device": _values(idx.configs, "device"),
         "final_loss": _values(idx.configs, "evaluation", "final_loss"),
         "evaluation_seed": _values(idx.configs, "evaluation", "seed"),
@@ -110,6 +111,9 @@ def render_header(st: dict, idx: RunIndex) -> str:
         f"`data.dir`: {j(st['data_dir'])}.",
         f"- Data read, as the cells' records say (`data_source`): {sources(st['data_sources'])}.",
         f"- MNIST source: {mnist}.",
+        *[f"- **No data: {name}**: absent where the grid ran, so {len(cells)} cell(s) were "
+          f"not run (e.g. `{cells[0]}`); the claims that need them say so."
+          for name, cells in st["no_data"].items()],
         *(["- **Synthetic stand-in datasets** (`synthetic_*`, smoke runs) are filed under the "
             "real task's name: these numbers are not the paper's tasks."]
           if any(str(d).startswith("synthetic") for d in st["datasets"]) else []),

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from l2o_pipeline.fingerprint import RECORD as FINGERPRINT
-from l2o_pipeline.grid.cells import CONSOLE_LOGS
+from l2o_pipeline.grid.cells import CONSOLE_LOGS, last_outcomes
 from l2o_pipeline.records import DISCARDED_DIR, RecordError, read_json_record
 from l2o_pipeline.report.readers import (
     finite_nan,
@@ -92,11 +92,18 @@ class RunIndex:
         self.fallback_logs: list[str] = []
         # cell -> the data it read, as its records say (None: not recorded, an older cell)
         self.data_sources: dict[str, str | None] = {}
+        # dataset -> the cells the grid did not run for want of it (grid.jsonl: "no data")
+        self.no_data: dict[str, list[str]] = {}
         self.duplicates = 0
         self._memo: dict = {}
         self._initial: dict = {}
         # (optimizer, task, horizon) -> the tuned rate a tuning record names, and how
         self.tuned_rates: dict[tuple, dict] = {}
+
+    def no_data_for(self, task: str) -> str | None:
+        """The dataset ``task`` reads (tasks are named ``<dataset>-...``) when the grid logged
+        it absent, else None."""
+        return next((d for d in self.no_data if task.startswith(f"{d}-")), None)
 
     # -- scanning
 
@@ -123,6 +130,9 @@ class RunIndex:
             self._add_tune_cell(path)
         for path in sorted(metas):
             self._add_meta_cell(path)
+        for cell, record in sorted(last_outcomes(self.root).items()):
+            if record.get("outcome") == "no data" and record.get("dataset"):
+                self.no_data.setdefault(str(record["dataset"]), []).append(cell)
         if self.duplicates:
             self.notes.append(f"{self.duplicates} measurement(s) repeat runs of another cell "
                               "(the same optimizer, task, horizon, rate or seed, and "
