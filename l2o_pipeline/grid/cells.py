@@ -277,7 +277,8 @@ def _eval_seconds(folder: Path) -> float | None:
 
 
 def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
-    """Fill each cell's state, detail and estimated remaining seconds, in catalog order."""
+    """Fill each cell's state, detail and estimated remaining seconds, in catalog order, from
+    the archive as it is now (again on each call: the runner re-assesses the same cells)."""
     meta = {(c.experiment, c.seed): c for c in cells_by_sweep.get(META_TRAIN_SWEEP, [])}
     observed: dict[str, list[float]] = {}  # sweep -> seconds per (run x step x optimizer)
     for name, cells in cells_by_sweep.items():
@@ -294,7 +295,7 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
                 elif iterations:
                     c.state, c.detail = "partial", f"{iterations}/{c.target} iterations"
                 else:
-                    c.detail = f"0/{c.target} iterations"
+                    c.state, c.detail = "pending", f"0/{c.target} iterations"
                 continue
             seconds = _eval_seconds(c.folder)
             work = c.n_runs * sum(c.extra["eval_steps"]) * c.extra["n_optimizers"]
@@ -302,6 +303,7 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
                 observed.setdefault(name, []).append(seconds / work)
             c.state = "done" if done is not None and _inputs_current(c, done, meta) else (
                 "pending")
+            c.detail, c.estimate_s = "", 0.0
     for cells in cells_by_sweep.values():
         for c in cells:  # a cell this machine cannot read the data of: neither run nor costed
             if c.state != "done" and c.extra.get("no_data"):
@@ -365,15 +367,23 @@ def _waiting_for(c: Cell, cells_by_sweep: dict, meta: dict) -> str:
 
 def collect(archive: Path, protocol: Protocol, only: list[str] | None = None
             ) -> dict[str, list[Cell]]:
-    """Cells of every sweep (or of ``only`` and what they need), assessed. An evaluation
-    named in ``only`` brings in just the meta-trainings it evaluates, not the whole sweep."""
+    """Cells of every sweep (or of ``only`` and what they need), assessed."""
+    cells = expand_all(archive, protocol, only)
+    assess(cells)
+    return cells
+
+
+def expand_all(archive: Path, protocol: Protocol, only: list[str] | None = None
+               ) -> dict[str, list[Cell]]:
+    """Cells of every sweep (or of ``only`` and what they need), not assessed: what the configs
+    say, whatever the archive holds (composing them is most of what :func:`collect` costs).
+    An evaluation named in ``only`` brings in just the meta-trainings it evaluates."""
     cells = {n: expand(n, archive, protocol) for n in wanted_sweeps(only)}
     if only and META_TRAIN_SWEEP not in only and META_TRAIN_SWEEP in cells:
         used = {(c.experiment, c.seed) for name, cs in cells.items() if name != META_TRAIN_SWEEP
                 for c in cs if c.experiment is not None}
         cells[META_TRAIN_SWEEP] = [c for c in cells[META_TRAIN_SWEEP]
                                    if (c.experiment, c.seed) in used]
-    assess(cells)
     return cells
 
 

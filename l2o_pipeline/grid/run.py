@@ -19,8 +19,9 @@ from l2o_pipeline.grid.cells import (
     Cell,
     Protocol,
     _hours,
-    collect,
+    assess,
     expand,
+    expand_all,
     last_outcomes,
     wanted_sweeps,
 )
@@ -83,6 +84,9 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
     counts = {"finished": 0, "stopped": 0, "failed": 0}
     tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin
     logged = last_outcomes(archive / "paper")
+    # Composed once per run (data copied in meanwhile counts from the next run); each poll
+    # only re-reads the archive.
+    cells = expand_all(archive, protocol, only)
 
     def reap(stop: bool = False) -> None:
         for key, (proc, cell, started) in list(running.items()):
@@ -109,7 +113,7 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
         left = deadline - time.monotonic()
         if left <= 0 or stop_signal:
             break
-        cells = collect(archive, protocol, only)
+        assess(cells)
         for c in (c for cs in cells.values() for c in cs if c.state == "no data"):
             if c.name not in tried and logged.get(c.name, {}).get("outcome") != "no data":
                 # once in the log (the report says which data the grid lacked), never tried
