@@ -115,13 +115,13 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
             break
         assess(cells)
         for c in (c for cs in cells.values() for c in cs if c.state == "no data"):
-            if c.name not in tried and logged.get(c.name, {}).get("outcome") != "no data":
+            if logged.get(c.name, {}).get("outcome") != "no data":
                 # once in the log (the report says which data the grid lacked), never tried
-                _log(archive, {"cell": c.name, "outcome": "no data",
-                               "dataset": c.extra["dataset"], "protocol": protocol.name,
-                               "time": time.time(), "message": c.detail})
+                logged[c.name] = {"cell": c.name, "outcome": "no data",
+                                  "dataset": c.extra["dataset"], "protocol": protocol.name,
+                                  "time": time.time(), "message": c.detail}
+                _log(archive, logged[c.name])
                 echo(f"no data: {c.name}")
-            tried.add(c.name)
         ready = [c for cs in cells.values() for c in cs
                  if c.state in ("pending", "partial") and c.name not in running
                  and c.name not in tried]
