@@ -47,8 +47,9 @@ MLP (784-20-10 sigmoid, batch 128) on MNIST from ``load_dataset("mnist", "data")
   ``gemm_ms``, ``transcendental_ms``); the real rows of
   that phase carry ``fraction_of_limit`` = limit time / their time.
 - ``*/eager``: the fast path with the eager kernels instead of the C++ ones.
-- ``meta_train/rnnprop/no_graph`` (``--device cuda`` only): the fast row without the CUDA
-  graph of a truncation period (``L2O_CUDA_GRAPHS=false``): what the graph buys.
+- ``{meta_train,apply}/rnnprop/no_graph`` (``--device cuda`` only): the fast row without the
+  CUDA graph of a truncation period, or of an optimizee step (``L2O_CUDA_GRAPHS=false``):
+  what the graph buys.
 
 Timings are medians over repeats, after one warm-up repeat; ``load_avg`` is the 1-minute load
 average when the measurement started (the figures are only comparable on a quiet machine).
@@ -479,7 +480,7 @@ def measurements(quick: bool, compile_mode: str, device: str = "cpu") -> list[tu
         rows.append((f"{kind}/rnnprop/eager", fast))
     rows.append(("meta_train/rnnprop/batched_k", fast))
     if device == "cuda":
-        rows.append(("meta_train/rnnprop/no_graph", fast))
+        rows += [("meta_train/rnnprop/no_graph", fast), ("apply/rnnprop/no_graph", fast)]
     if not quick:
         rows.append(("meta_train/rnnprop/save_memory", fast))
     for name in ("evaluate/adam", "evaluate/rnnprop", "tune/adam"):  # sequential first

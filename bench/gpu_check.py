@@ -7,7 +7,8 @@ Three steps, each in its own process with its own timeout (a hung step cannot ta
 with it; a failed one is recorded and the next runs), all records under ``--out``:
 
 1. ``consistency``: the same short runs on the device and on the CPU, float32: a 100-step
-   RNNprop trajectory (fast path, and the device's CUDA-graph replay), one truncation's
+   RNNprop trajectory (fast path, and the device's CUDA-graph replay), a batched evaluation
+   of RNNprop and an Adam rate grid (its chunk's steps replayed as a graph), one truncation's
    meta-gradient, three meta-training iterations (their periods replayed as a CUDA graph on
    the device, and without it), and three batched-K meta-training iterations; relative errors
    against the tolerances of ``tests/test_fast_path.py`` -> ``consistency.json``.
@@ -49,6 +50,7 @@ def consistency(device: str, dry_run: bool) -> dict:
     import torch
 
     from l2o_pipeline import cuda_graphs
+    from l2o_pipeline.batched import evaluate_batched
     from l2o_pipeline.data import synthetic_dataset
     from l2o_pipeline.evaluate import run_optimizer
     from l2o_pipeline.meta import MetaTrainSettings, graphed_period, meta_train
@@ -56,6 +58,7 @@ def consistency(device: str, dry_run: bool) -> dict:
     from l2o_pipeline.meta.period import meta_loss_weights, truncated_meta_loss
     from l2o_pipeline.optimizees import MLPTask, SquareTask
     from l2o_pipeline.optimizers import RNNprop
+    from l2o_pipeline.optimizers.hand_designed import Adam
     from l2o_pipeline.tricks import Combined, RandomScaling
 
     torch.set_num_threads(1)
@@ -99,6 +102,20 @@ def consistency(device: str, dry_run: bool) -> dict:
         return (torch.cat([p.detach().flatten().cpu() for p in model.parameters()]),
                 bool(captured) and not fell_back)
 
+    def graphs(mode: str, fn, *args, **kwargs):
+        """(``fn(*args, **kwargs)`` with ``L2O_CUDA_GRAPHS=mode``, whether a graph ran)."""
+        made, capture = [], cuda_graphs.capture
+
+        def spy(*a, **k):
+            result = capture(*a, **k)
+            made.append(True)
+            return result
+        os.environ["L2O_CUDA_GRAPHS"], cuda_graphs.capture = mode, spy
+        try:
+            return fn(*args, **kwargs), bool(made)
+        finally:
+            os.environ["L2O_CUDA_GRAPHS"], cuda_graphs.capture = "auto", capture
+
     out = {"device": device, "torch": torch.__version__, "checks": {}}
     if device == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
@@ -107,8 +124,10 @@ def consistency(device: str, dry_run: bool) -> dict:
         task = task_on(dev).sample_instance(torch.Generator().manual_seed(1))
         theta0 = task.init_params(torch.Generator().manual_seed(2))
         model = model_on(dev).requires_grad_(False)
-        curve, final = run_optimizer(task, model, theta0, 3, steps)
-        graphed = cuda_graphs.run_optimizer_graphed(task, model, theta0, 3, steps)
+        curve, final = graphs("false", run_optimizer, task, model, theta0, 3, steps)[0]
+        graphed = graphs("auto", run_optimizer, task, model, theta0, 3, steps)
+        grid = {"rnnprop": model, **{f"adam@{lr}": Adam(lr) for lr in (1e-3, 1e-2)}}
+        batched = graphs("auto", evaluate_batched, task_on(dev), grid, steps, 2, progress=False)
         model.requires_grad_(True)
         theta, state = theta0.clone(), model.init_state(theta0.numel(), dev)
         surrogate, value, theta_end, _ = truncated_meta_loss(
@@ -130,6 +149,8 @@ def consistency(device: str, dry_run: bool) -> dict:
                                     checkpoint_every=10**6, state_every=10**6, selection="last")
         meta_params, graph_used = meta_trained(dev, periods, "auto")
         runs[dev] = {"curve": curve, "final": final, "graphed": graphed,
+                     "batched": torch.stack([r.curves for r in batched[0].values()]),
+                     "batched_graphed": batched[1],
                      "meta_train": meta_params, "meta_train_graphed": graph_used,
                      "meta_train_no_graph": meta_trained(dev, periods, "false")[0],
                      "theta_end": theta_end.detach().cpu(),
@@ -141,7 +162,8 @@ def consistency(device: str, dry_run: bool) -> dict:
     checks = {
         "apply_curve": (_rel(dev["curve"], cpu["curve"]), REL),
         "apply_final_loss": (abs(dev["final"] - cpu["final"]) / abs(cpu["final"]), REL),
-        "apply_graphed_vs_cpu": (_rel(dev["graphed"][0], cpu["curve"]), REL),
+        "apply_graphed_vs_cpu": (_rel(dev["graphed"][0][0], cpu["curve"]), REL),
+        "batched_eval_graphed_vs_cpu": (_rel(dev["batched"], cpu["batched"]), REL),
         "truncation_theta": (_rel(dev["theta_end"], cpu["theta_end"]), REL),
         "meta_gradient": (_rel(dev["grad"], cpu["grad"]), REL_GRAD),
         "batched_k_meta_params": (_rel(dev["batched_k"], cpu["batched_k"]), REL),
@@ -150,7 +172,8 @@ def consistency(device: str, dry_run: bool) -> dict:
     }
     out["checks"] = {k: {"rel_err": v, "tolerance": tol, "ok": v <= tol}
                      for k, (v, tol) in checks.items()}
-    out["graphed_used"] = bool(dev["graphed"][2])
+    out["graphed_used"] = dev["graphed"][1]
+    out["batched_eval_graphed_used"] = dev["batched_graphed"]
     out["meta_train_graphed_used"] = dev["meta_train_graphed"]
     out["ok"] = all(c["ok"] for c in out["checks"].values())
     return out

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from l2o_pipeline import cuda_graphs
 from l2o_pipeline.evaluate import EvalResult, check_evaluation_args, run_seed
 from l2o_pipeline.optimizees.base import Batch, Task
 from l2o_pipeline.optimizers import kernels
@@ -99,9 +100,9 @@ class _GroupStepper:
     k settings, the rates then one per column."""
 
     def __init__(self, settings: Sequence[tuple[str, Optimizer]], n_runs: int, n: int,
-                 device, dtype, settings_minor: bool = False):
+                 device, dtype, settings_minor: bool = False, in_place: bool = False):
         self.k, self.n_runs, self.n = len(settings), n_runs, n
-        self.settings_minor = settings_minor
+        self.settings_minor, self.in_place = settings_minor, in_place
         hand = isinstance(settings[0][1], HandDesigned)
         block_coords = HAND_BLOCK_COORDS if hand else LEARNED_BLOCK_COORDS
         if settings_minor:
@@ -138,7 +139,14 @@ class _GroupStepper:
             else:  # coordinatewise over the block's rows·n coordinates
                 update, state = opt.step(grad[a:b].reshape(-1), state)
                 theta[a:b] += update.view(b - a, self.width)
-            self.blocks[j] = (a, b, opt, state)
+            if self.in_place:  # the buffers a CUDA graph replays keep their storage
+                cuda_graphs.copy_into(self.blocks[j][3], state)
+            else:
+                self.blocks[j] = (a, b, opt, state)
+
+    def buffers(self) -> list[torch.Tensor]:
+        """The state tensors a step advances."""
+        return [s for *_, state in self.blocks for s in state]
 
 
 def _groups(settings: Sequence[tuple[str, Optimizer]]) -> list[tuple[int, int]]:
@@ -243,7 +251,9 @@ def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs:
     # One group of several settings (a learning-rate grid) on a task that computes faster so:
     # θ stored [R, n, S], seen as [S, R, n].
     minor = S > 1 and len(groups) == 1 and btask.settings_minor_layout
-    steppers = [_GroupStepper(settings[a:b], R, n, device, dtype, minor) for a, b in groups]
+    in_place = cuda_graphs.enabled(device)
+    steppers = [_GroupStepper(settings[a:b], R, n, device, dtype, minor, in_place)
+                for a, b in groups]
     if minor:
         theta = theta0.unsqueeze(-1).expand(R, n, S).clone().permute(2, 0, 1)
     else:
@@ -253,13 +263,23 @@ def _evaluate_chunk(task: Task, settings: Sequence[tuple[str, Optimizer]], runs:
     def generators():
         return [torch.Generator().manual_seed(run_seed(seed, run, 1)) for run in runs]
 
-    gens = generators()
-    for t in range(n_steps):
-        loss, grad = btask.loss_and_grad(theta, btask.sample_batch(gens))
-        curves[:, :, t] = loss
+    def step(batch) -> torch.Tensor:
+        loss, grad = btask.loss_and_grad(theta, batch)
         for stepper, (a, b) in zip(steppers, groups):
             stepper.step(grad[a:b], theta[a:b])
+        return loss
+
+    def record(t: int, loss: torch.Tensor) -> None:
+        curves[:, :, t] = loss
         bar.update(1)
+
+    gens = generators()
+    batches = (btask.sample_batch(gens) for _ in range(n_steps))
+    # On CUDA, replays of one captured step: θ is updated in place already, and the steppers
+    # keep their state's storage (in_place).
+    buffers = [theta, *(b for s in steppers for b in s.buffers())]
+    cuda_graphs.replay_steps(step, batches, record, restore=buffers,
+                             capture_graph=cuda_graphs.captures(device))
     # The same minibatches again, for the frozen final θ (as evaluate.run_optimizer).
     gens = generators()
     total, count = torch.zeros(S, R, device=device, dtype=dtype), 0

@@ -1,95 +1,138 @@
-"""CUDA graphs for applying an optimizer: one optimizee step captured once, replayed per step.
+"""CUDA graphs: a step on static buffers captured once, then replayed for every step.
 
-An RNNprop step on the paper's task is ~100 small kernels, so on a GPU its launches, not its
-arithmetic, set the pace; a graph replays them with one launch. Only the minibatch draw (a
-CPU generator, as in every paired run) stays outside: it is copied into the graph's static
-batch before each replay. The numbers are :func:`evaluate.run_optimizer`'s (the same kernels
-in the same order; ``bench/gpu_check.py`` compares them). Never used on a CPU; switched by
-``L2O_CUDA_GRAPHS`` (``auto``, the default: on CUDA; ``false``: off); a failed capture logs
-once and falls back to the eager loop.
+An RNNprop step on the paper's task is ~100 small kernels, and a meta-training period a few
+thousand, so on a GPU their launches, not their arithmetic, set the pace; a graph replays them
+with one launch. What varies between steps (the minibatch, drawn by a CPU generator as in
+every paired run) is copied into the graph's static input first; the state a step advances
+lives in buffers it updates in place. The numbers are those of the eager loops (the same
+kernels in the same order; ``bench/gpu_check.py`` compares them on a GPU).
+
+Used by applying (``evaluate.run_optimizer``, each chunk of ``batched.evaluate_batched``) and
+by meta-training (``meta.graphed_period``). Switched by ``L2O_CUDA_GRAPHS``:
+
+- ``auto`` (the default): captured on CUDA; on a CPU the eager loops run as they are;
+- ``false``: the eager loops everywhere;
+- ``static``: the static-buffer steps of the graphed paths, run without capture on any device
+  (how the tests check those paths on a CPU: they must give the eager loops' numbers).
+
+A failed capture logs once and the same steps run eagerly.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from l2o_pipeline.evaluate import frozen_final_loss, run_optimizer
-from l2o_pipeline.optimizees.base import Batch, Task
-from l2o_pipeline.optimizers.base import Optimizer
-
 log = logging.getLogger(__name__)
-MODES = ("auto", "false")
+MODES = ("auto", "false", "static")
+_NONE = object()
 
 
-def enabled(device: torch.device) -> bool:
-    mode = os.environ.get("L2O_CUDA_GRAPHS", "auto").lower()
-    if mode not in MODES:
-        raise ValueError(f"L2O_CUDA_GRAPHS must be one of {MODES}, got {mode!r}")
-    return mode == "auto" and device.type == "cuda"
+class GraphUnavailable(RuntimeError):
+    """A step cannot be captured (or a captured one cannot compute this input)."""
 
 
-def _clone(batch: Batch) -> Batch:
-    if batch is None:
-        return None
-    if isinstance(batch, tuple):
-        return tuple(_clone(b) for b in batch)
-    return batch.clone()
+def mode() -> str:
+    value = os.environ.get("L2O_CUDA_GRAPHS", "auto").lower()
+    if value not in MODES:
+        raise ValueError(f"L2O_CUDA_GRAPHS must be one of {MODES}, got {value!r}")
+    return value
 
 
-def _copy_into(static: Batch, batch: Batch) -> None:
-    if isinstance(static, tuple):
-        for s, b in zip(static, batch):
-            _copy_into(s, b)
-    elif static is not None:
-        static.copy_(batch, non_blocking=True)
+def enabled(device: torch.device | str) -> bool:
+    """Whether work on ``device`` takes the static-buffer (graphed) path."""
+    value = mode()
+    return value == "static" or (value == "auto" and torch.device(device).type == "cuda")
 
 
-@torch.no_grad()
-def run_optimizer_graphed(task: Task, optimizer: Optimizer, theta0: torch.Tensor,
-                          batch_seed: int, n_steps: int, final_loss: str = "average_over_seen",
-                          warmup: int = 3) -> tuple[torch.Tensor, float, bool]:
-    """:func:`run_optimizer` with the step as a CUDA graph: (loss curve, final loss, whether a
-    graph ran). Off CUDA (or switched off) it is :func:`run_optimizer` itself."""
-    if not enabled(theta0.device):
-        return (*run_optimizer(task, optimizer, theta0, batch_seed, n_steps, final_loss), False)
-    gen = torch.Generator().manual_seed(batch_seed)
-    theta = theta0.clone()
-    state = list(optimizer.init_state(theta.numel(), theta.device, theta.dtype))
-    static_batch = _clone(task.sample_batch(gen))
-    loss_out = torch.zeros((), device=theta.device, dtype=theta.dtype)
+def captures(device: torch.device | str) -> bool:
+    """Whether that path records a real CUDA graph on ``device`` (else it runs eagerly)."""
+    return mode() == "auto" and torch.device(device).type == "cuda"
 
-    def step():
-        loss, grad = task.loss_and_grad(theta, static_batch)
-        loss_out.copy_(loss)
-        update, new_state = optimizer.step(grad, tuple(state))
-        theta.add_(update)
-        for s, new in zip(state, new_state):
-            s.copy_(new)
 
-    start = [theta.clone()] + [s.clone() for s in state]
+def clone_tree(tree):
+    """A copy of the tensors in a tree of tuples and lists (the rest shared)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(clone_tree(x) for x in tree)
+    return tree
+
+
+def copy_into(static, values) -> None:
+    """``static``'s tensors ← ``values``' (trees of one shape); a tensor onto itself is left."""
+    if isinstance(static, torch.Tensor):
+        if static is not values:
+            static.copy_(values, non_blocking=True)
+    elif isinstance(static, (list, tuple)):
+        for s, v in zip(static, values, strict=True):
+            copy_into(s, v)
+    elif static is not values and static != values:  # a Python number would not advance
+        raise TypeError(f"a static buffer cannot hold {values!r} in place of {static!r}")
+
+
+def _all_tensors(tree) -> bool:
+    if isinstance(tree, (list, tuple)):
+        return all(_all_tensors(x) for x in tree)
+    return tree is None or isinstance(tree, torch.Tensor)
+
+
+def capture(step: Callable[[], object], warmup: int = 3,
+            restore: Sequence[torch.Tensor] = ()) -> tuple[torch.cuda.CUDAGraph, object]:
+    """(graph, what ``step`` returned while captured: its static outputs). ``step`` runs
+    ``warmup`` times first on a side stream (lazy initialisation, the allocator); the buffers
+    in ``restore``, which the warm-up advanced, get their starting values back."""
+    start = [b.clone() for b in restore]
     graph = torch.cuda.CUDAGraph()
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: lazy init, compiled kernels, allocator
+        with torch.cuda.stream(side):
             for _ in range(warmup):
                 step()
         torch.cuda.current_stream().wait_stream(side)
         with torch.cuda.graph(graph):
-            step()
+            outputs = step()
     except RuntimeError as exc:
-        log.warning("CUDA graph capture failed (%s); applying eagerly", exc)
-        return (*run_optimizer(task, optimizer, theta0, batch_seed, n_steps, final_loss), False)
-    for buf, value in zip([theta] + state, start):  # undo the warm-up steps
-        buf.copy_(value)
-    curve = torch.empty(n_steps, device=theta.device)
-    for t in range(n_steps):
+        raise GraphUnavailable(f"capture failed ({exc})") from exc
+    finally:
+        for buf, value in zip(restore, start):
+            buf.copy_(value)
+    return graph, outputs
+
+
+def replay_steps(step: Callable[[object], torch.Tensor], batches: Iterable,
+                 record: Callable[[int, torch.Tensor], None],
+                 restore: Sequence[torch.Tensor] = (), capture_graph: bool = True,
+                 warmup: int = 3) -> bool:
+    """``record(t, step(batch))`` for the t-th of ``batches``, where ``step`` advances its
+    buffers in place (``restore``: every buffer it advances). With ``capture_graph``, as
+    replays of one graph of ``step`` on a static copy of the first batch; returns whether a
+    graph ran (a failed capture logs and the steps run eagerly)."""
+    batches = iter(batches)
+    first = next(batches, _NONE)  # a minibatch may be None (a task without data)
+    if first is _NONE:
+        return False
+    graph = None
+    if capture_graph:
+        static = clone_tree(first)
+        try:
+            if not _all_tensors(first):
+                raise GraphUnavailable(f"a minibatch holds more than tensors ({first!r:.80})")
+            graph, loss = capture(lambda: step(static), warmup, restore)
+        except GraphUnavailable as exc:
+            log.warning("CUDA graph unavailable (%s); stepping eagerly", exc)
+    if graph is None:
+        for t, batch in enumerate(itertools.chain([first], batches)):
+            record(t, step(batch))
+        return False
+    for t, batch in enumerate(itertools.chain([first], batches)):
         if t:
-            _copy_into(static_batch, task.sample_batch(gen))
+            copy_into(static, batch)
         graph.replay()
-        curve[t] = loss_out
-    final = frozen_final_loss(task, theta, batch_seed, n_steps, final_loss)
-    return curve.cpu(), final.item(), True
+        record(t, loss)
+    return True

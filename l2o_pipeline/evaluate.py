@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from l2o_pipeline import cuda_graphs
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers.base import Optimizer
 from l2o_pipeline.progress import Progress
@@ -64,18 +65,36 @@ class EvalResult:
 def run_optimizer(task: Task, optimizer: Optimizer, theta0: torch.Tensor, batch_seed: int,
                   n_steps: int, final_loss: str = "average_over_seen",
                   on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, float]:
-    """One optimizee run. Returns (loss curve [n_steps], final loss)."""
+    """One optimizee run. Returns (loss curve [n_steps], final loss). On CUDA the steps are
+    replays of one captured step (:mod:`l2o_pipeline.cuda_graphs`): the same numbers."""
     gen = torch.Generator().manual_seed(batch_seed)
+    batches = (task.sample_batch(gen) for _ in range(n_steps))
     theta = theta0.clone()
     state = optimizer.init_state(theta.numel(), theta.device, theta.dtype)
     curve = torch.empty(n_steps, device=theta.device)  # filled on-device: no sync per step
-    for t in range(n_steps):
-        loss, grad = task.loss_and_grad(theta, task.sample_batch(gen))
+
+    def record(t: int, loss: torch.Tensor) -> None:
         curve[t] = loss
-        update, state = optimizer.step(grad, state)
-        theta = theta + update
         if on_step is not None:
             on_step(t)
+
+    if cuda_graphs.enabled(theta.device):
+        state = list(state)
+
+        def step(batch):  # on static buffers: θ and the state advanced in place
+            loss, grad = task.loss_and_grad(theta, batch)
+            update, new_state = optimizer.step(grad, tuple(state))
+            theta.add_(update)
+            cuda_graphs.copy_into(state, new_state)
+            return loss
+        cuda_graphs.replay_steps(step, batches, record, restore=[theta, *state],
+                                 capture_graph=cuda_graphs.captures(theta.device))
+    else:
+        for t, batch in enumerate(batches):
+            loss, grad = task.loss_and_grad(theta, batch)
+            record(t, loss)
+            update, state = optimizer.step(grad, state)
+            theta = theta + update
     return curve.cpu(), frozen_final_loss(task, theta, batch_seed, n_steps, final_loss).item()
 
 

@@ -255,37 +255,6 @@ def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _apply_setup(mnist, device):
-    from l2o_pipeline.cuda_graphs import run_optimizer_graphed
-
-    task = rnnprop_task(mnist.to(device)).sample_instance(torch.Generator().manual_seed(1))
-    theta0 = task.init_params(torch.Generator().manual_seed(2))
-    model = build(RNNprop, 0).to(device).requires_grad_(False)
-    return run_optimizer_graphed, task, model, theta0
-
-
-def test_cuda_graphs_are_never_used_on_a_cpu(mnist):
-    from l2o_pipeline.evaluate import run_optimizer
-
-    graphed, task, model, theta0 = _apply_setup(mnist, "cpu")
-    curve, final, used = graphed(task, model, theta0, 3, 10)
-    expected, expected_final = run_optimizer(task, model, theta0, 3, 10)
-    assert not used and torch.equal(curve, expected) and final == expected_final
-
-
-@needs_cuda
-def test_cuda_graph_apply_equals_the_cpu_run(mnist):
-    from l2o_pipeline.evaluate import run_optimizer
-
-    graphed, task, model, theta0 = _apply_setup(mnist, "cuda")
-    curve, final, used = graphed(task, model, theta0, 3, 20)
-    _, cpu_task, cpu_model, cpu_theta0 = _apply_setup(mnist, "cpu")
-    expected, expected_final = run_optimizer(cpu_task, cpu_model, cpu_theta0, 3, 20)
-    assert used
-    assert ((curve - expected).norm() / expected.norm()).item() < TOL
-    assert final == pytest.approx(expected_final, rel=TOL)
-
-
 @needs_cuda
 def test_batched_k_on_cuda_equals_the_cpu(tmp_path, mnist):
     params = {}

@@ -17,9 +17,9 @@ for (a non-tensor attribute that differs, a tensor of another shape) and a faile
 back to the eager period for the rest of the run, with a warning, and with the generator
 rewound: the numbers are the eager loop's either way.
 
-Off CUDA, ``capture=False`` runs the recorded function itself on the static buffers: what
-``tests/test_graphed_period.py`` pins to the eager loop; ``bench/gpu_check.py`` checks the
-real graph on a GPU.
+Off CUDA (or with ``L2O_CUDA_GRAPHS=static``), ``capture=False`` runs the recorded function
+itself on the static buffers: what ``tests/test_graphed_period.py`` pins to the eager loop;
+``bench/gpu_check.py`` checks the real graph on a GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 
 from l2o_pipeline import cuda_graphs
+from l2o_pipeline.cuda_graphs import GraphUnavailable
 from l2o_pipeline.meta.period import (
     meta_gradient_of_period,
     period_batches,
@@ -49,10 +50,6 @@ PeriodResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]
 # leaves a walk compares by value (everything else: by its attributes, or by identity)
 _ATOMS = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
           types.ModuleType, functools.partial, torch.dtype, torch.device, torch.Generator)
-
-
-class GraphUnavailable(RuntimeError):
-    """The captured period cannot compute this one (capture failed, or the instance differs)."""
 
 
 def period_runner(model: LearnedOptimizer, meta_opt, task: Task, weights: list[float],
@@ -74,8 +71,9 @@ def period_runner(model: LearnedOptimizer, meta_opt, task: Task, weights: list[f
 class GraphedPeriods:
     """Meta-gradients of truncation periods of instances of ``task`` by replaying one period.
 
-    ``capture``: record a CUDA graph (default: on CUDA); ``False`` runs the recorded function
-    eagerly on the same static buffers (the CPU stand-in of the tests)."""
+    ``capture``: record a CUDA graph (default: ``cuda_graphs.captures``, on CUDA); ``False``
+    runs the recorded function eagerly on the same static buffers (the CPU stand-in of the
+    tests)."""
 
     def __init__(self, model: LearnedOptimizer, meta_opt, task: Task, weights: list[float],
                  capture: bool | None = None, warmup: int = 3):
@@ -130,15 +128,16 @@ class GraphedPeriods:
                 detach_state(state))
 
     def _recorded(self) -> None:
-        _copy_into(self.outputs, self._period())
+        cuda_graphs.copy_into(self.outputs, self._period())
 
     def _build(self, instance, theta, state, batches) -> None:
         try:
             self.instance = private_copy(instance, shared=self.task)
         except Exception as exc:  # noqa: BLE001  (any object deepcopy cannot copy)
             raise GraphUnavailable(f"the task instance cannot be copied ({exc})") from exc
-        self.theta, self.state = theta.detach().clone(), _clone(detach_state(state))
-        self.batches = _clone(batches)
+        self.theta = theta.detach().clone()
+        self.state = cuda_graphs.clone_tree(detach_state(state))
+        self.batches = cuda_graphs.clone_tree(batches)
         # A probe period, eagerly: which parameters get a meta-gradient (the others keep
         # .grad None, as after the eager period's backward) and the outputs' buffers.
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -150,26 +149,14 @@ class GraphedPeriods:
         self.meta_opt.zero_grad(set_to_none=True)
         for p in self.used:
             p.grad = torch.zeros_like(p)
-        self.outputs = _clone(self._period())
+        self.outputs = cuda_graphs.clone_tree(self._period())
         self.built = True
-        capture = self.theta.device.type == "cuda" if self.capture is None else self.capture
+        capture = cuda_graphs.captures(self.theta.device) if self.capture is None else self.capture
         if capture:
             self._capture()
 
     def _capture(self) -> None:
-        graph = torch.cuda.CUDAGraph()
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: lazy init, compiled kernels, allocator
-                for _ in range(self.warmup):
-                    self._recorded()
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph):
-                self._recorded()
-        except RuntimeError as exc:
-            raise GraphUnavailable(f"capture failed ({exc})") from exc
-        self.graph = graph
+        self.graph, _ = cuda_graphs.capture(self._recorded, self.warmup)
 
 
 def private_copy(instance: Task, shared: object) -> Task:
@@ -261,19 +248,3 @@ def _describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor {tuple(x.shape)} {x.dtype} on {x.device}"
     return type(x).__name__
-
-
-def _clone(tree):
-    if isinstance(tree, torch.Tensor):
-        return tree.clone()
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(x) for x in tree)
-    return tree
-
-
-def _copy_into(static, values) -> None:
-    if isinstance(static, torch.Tensor):
-        static.copy_(values)
-    elif isinstance(static, (list, tuple)):
-        for s, v in zip(static, values):
-            _copy_into(s, v)
