@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from l2o_pipeline.config import register_configs
+from l2o_pipeline.data import synthetic_dataset
 from l2o_pipeline.main import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,28 @@ def _isolated_wandb(tmp_path_factory, monkeypatch):
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(home))
     monkeypatch.setenv("L2O_DATA_DIR", str(home / "data"))  # never the developer's datasets
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """A small synthetic MNIST (256 images): the optimizee data of the engine's tests."""
+    return synthetic_dataset("synthetic_mnist", n=256, seed=0)
+
+
+@pytest.fixture
+def eager_kernels_one_thread():
+    """Eager kernels (no torch.compile) on one thread, restored afterwards: runs compared
+    bit for bit must not differ by code generation or thread count."""
+    import torch
+
+    from l2o_pipeline.optimizers import kernels
+
+    mode, threads = kernels.get_compile(), torch.get_num_threads()
+    kernels.set_compile("false")
+    torch.set_num_threads(1)
+    yield
+    kernels.set_compile(mode)
+    torch.set_num_threads(threads)
 
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "config",

@@ -10,30 +10,17 @@ import pytest
 import torch
 
 from l2o_pipeline.checkpoint import STATE_FORMAT, load_file
-from l2o_pipeline.data import synthetic_dataset
 from l2o_pipeline.meta import MetaTrainSettings, meta_train
 from l2o_pipeline.meta.batched_k import MetaTrainJob, meta_train_batched
 from l2o_pipeline.optimizees import MLPTask, QuadraticTask, SquareTask
-from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels, stacked
+from l2o_pipeline.optimizers import DMOptimizer, RNNprop, stacked
 from l2o_pipeline.tricks import Combined, RandomScaling
 
 LR = 1e-3  # large enough that 6 Adam steps move every weight far beyond the tolerance
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def eager_kernels_one_thread():
-    mode, threads = kernels.get_compile(), torch.get_num_threads()
-    kernels.set_compile("false")
-    torch.set_num_threads(1)
-    yield
-    kernels.set_compile(mode)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return synthetic_dataset("synthetic_mnist", n=256, seed=0)
+pytestmark = pytest.mark.usefixtures("eager_kernels_one_thread")
 
 
 def small_mlp(mnist):

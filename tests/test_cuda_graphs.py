@@ -16,28 +16,14 @@ import torch
 
 from l2o_pipeline import cuda_graphs
 from l2o_pipeline.batched import evaluate_batched
-from l2o_pipeline.data import synthetic_dataset
 from l2o_pipeline.evaluate import evaluate
 from l2o_pipeline.meta import MetaTrainSettings, meta_train
 from l2o_pipeline.optimizees import CNNTask, MLPTask, SquareTask
-from l2o_pipeline.optimizers import DMOptimizer, RNNprop, kernels
+from l2o_pipeline.optimizers import DMOptimizer, RNNprop
 from l2o_pipeline.optimizers.hand_designed import Adam, Momentum, RMSprop
 from l2o_pipeline.tricks import Combined, RandomScaling
 
-
-@pytest.fixture(autouse=True)
-def eager_kernels_one_thread():
-    mode, threads = kernels.get_compile(), torch.get_num_threads()
-    kernels.set_compile("false")
-    torch.set_num_threads(1)
-    yield
-    kernels.set_compile(mode)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return synthetic_dataset("synthetic_mnist", n=256, seed=0)
+pytestmark = pytest.mark.usefixtures("eager_kernels_one_thread")
 
 
 def paper_task(mnist):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2o_pipeline.data import synthetic_dataset
 from l2o_pipeline.evaluate import run_optimizer
 from l2o_pipeline.meta.period import meta_loss_weights, truncated_meta_loss
 from l2o_pipeline.optimizees import MLPTask, SquareTask
@@ -54,11 +53,6 @@ def backend_one_thread(request):
     kernels.set_compile(mode)
     native.set_native(native_mode)
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return synthetic_dataset("synthetic_mnist", n=256, seed=0)
 
 
 def training_task(mnist):
