@@ -76,6 +76,24 @@ def test_expanded_cells_follow_the_protocol(tmp_path):
     assert meta[0].folder == archive / "paper" / "meta_train" / "experiment=rnnprop" / "seed_0"
 
 
+def test_a_coarse_to_fine_tuning_cell_is_costed_by_what_it_evaluates(tmp_path):
+    archive, mini = tmp_path / "archive", write_protocol(tmp_path)
+    full = grid.collect(archive, grid.load_protocol(mini), ["tune_activations"])
+    tune = grid.load_protocol(mini).sweeps["tune_activations"]
+    coarse = grid.collect(archive, grid.load_protocol(write_protocol(tmp_path, tune_activations=[
+        *tune, "tuning.protocol=coarse_to_fine", "tuning.coarse_runs=1", "tuning.top_k=1"])),
+        ["tune_activations"])
+    full, coarse = full["tune_activations"], coarse["tune_activations"]
+    # the protocol's tuning settings do not name a cell: either protocol tunes the same cells
+    assert [c.folder for c in coarse] == [c.folder for c in full] and len(full) == 2
+    for cell, fuller in zip(coarse, full):
+        rates, runs = cell.extra["n_optimizers"], cell.n_runs
+        assert rates > 1 and runs > 1 and cell.extra["evaluations"] == rates + runs
+        assert fuller.extra["evaluations"] == rates * runs
+        assert cell.estimate_s == pytest.approx(
+            fuller.estimate_s * (rates + runs) / (rates * runs))
+
+
 def test_status_counts_finished_cells_and_waits(tmp_path):
     archive, protocol = tmp_path / "archive", grid.load_protocol(write_protocol(tmp_path))
     cells = grid.collect(archive, protocol, ["table2"])

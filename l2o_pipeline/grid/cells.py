@@ -158,6 +158,7 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
         cell.extra["n_optimizers"] = len(cfg.tuning.lrs or LR_GRID) if stage == "tune" else (
             1 + sum(v is not None for k, v in cfg.evaluation.baselines.items()
                     if k != values.get("optimizer", cfg.optimizer.name)))
+        cell.extra["evaluations"] = _evaluations(cell, values, cfg.tuning, stage)
         wanted = values.get("evaluation.checkpoint_iteration")
         if (wanted is not None and cell.experiment is not None
                 and int(wanted) > protocol.iterations(cell.experiment)):
@@ -165,6 +166,18 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
         cell.extra["checkpoint_iteration"] = wanted
         cells.append(cell)
     return cells
+
+
+def _evaluations(cell: Cell, values: dict, tuning, stage: str) -> int:
+    """(run, optimizer) pairs a cell steps through each horizon: every optimizer (or rate) over
+    every run, but for coarse-to-fine tuning every rate over the coarse runs and then the
+    top_k rates over all (tuning.tune_learning_rate)."""
+    def setting(key):
+        return values.get(f"tuning.{key}", tuning[key])
+    n = cell.extra["n_optimizers"]
+    if stage == "tune" and str(setting("protocol")) == "coarse_to_fine":
+        return int(setting("coarse_runs")) * n + int(setting("top_k")) * cell.n_runs
+    return cell.n_runs * n
 
 
 def _experiment_optimizee(experiment: str | None) -> str | None:
@@ -266,14 +279,24 @@ def _family(optimizee: str) -> str:
     return "mlp"
 
 
-def _eval_seconds(folder: Path) -> float | None:
-    """Seconds a finished evaluation or tuning cell took, from its own record."""
-    summary = _read_json(folder / "eval" / "summary.json") or _read_json(
-        folder / "tune" / "summary.json")
+def _seconds_per_evaluation_step(c: Cell) -> float | None:
+    """What a finished evaluation or tuning cell took per (run, optimizer, step), from its own
+    record: a tuning record's tables say which rates it ran over how many runs (the protocol
+    may have changed since), an evaluation's work is the cell's."""
+    evaluation = _read_json(c.folder / "eval" / "summary.json")
+    summary = evaluation or _read_json(c.folder / "tune" / "summary.json")
     if summary is None:
         return None
-    seconds = [h.get("_seconds") for h in (summary.get("horizons") or {}).values()]
-    return sum(s for s in seconds if isinstance(s, (int, float))) or None
+    seconds, work = 0.0, 0
+    for horizon, block in (summary.get("horizons") or {}).items():
+        if not isinstance(block.get("_seconds"), (int, float)):
+            continue
+        seconds += block["_seconds"]
+        rows = [] if evaluation else block.get("table", []) + block.get("coarse_table", [])
+        pairs = (sum(len(r.get("final_losses", ())) for r in rows) if rows
+                 else c.extra["evaluations"])
+        work += pairs * int(horizon)
+    return seconds / work if seconds and work else None
 
 
 def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
@@ -297,10 +320,9 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
                 else:
                     c.state, c.detail = "pending", f"0/{c.target} iterations"
                 continue
-            seconds = _eval_seconds(c.folder)
-            work = c.n_runs * sum(c.extra["eval_steps"]) * c.extra["n_optimizers"]
-            if done is not None and seconds:
-                observed.setdefault(name, []).append(seconds / work)
+            rate = _seconds_per_evaluation_step(c) if done is not None else None
+            if rate:
+                observed.setdefault(name, []).append(rate)
             c.state = "done" if done is not None and _inputs_current(c, done, meta) else (
                 "pending")
             c.detail, c.estimate_s = "", 0.0
@@ -315,13 +337,13 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
             if c.sweep == META_TRAIN_SWEEP or c.state in ("done", "no data"):
                 continue
             hand, learned = STEP_SECONDS[_family(c.extra["optimizee"])]
-            steps = c.n_runs * sum(c.extra["eval_steps"])
+            work = c.extra["evaluations"] * sum(c.extra["eval_steps"])
             if rates:
-                c.estimate_s = rates[len(rates) // 2] * steps * c.extra["n_optimizers"]
+                c.estimate_s = rates[len(rates) // 2] * work
             elif SWEEPS[name].stage == "tune":
-                family = _family(c.extra["optimizee"])
-                c.estimate_s = steps * TUNE_STEP_SECONDS[family] * c.extra["n_optimizers"]
+                c.estimate_s = work * TUNE_STEP_SECONDS[_family(c.extra["optimizee"])]
             else:
+                steps = c.n_runs * sum(c.extra["eval_steps"])
                 c.estimate_s = steps * (learned + hand * (c.extra["n_optimizers"] - 1))
             waiting = _waiting_for(c, cells_by_sweep, meta)
             if waiting:
