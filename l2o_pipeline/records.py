@@ -247,6 +247,27 @@ def lock_run_folder(folder: str | Path, timeout_s: float = 0) -> Iterator[Path]:
         os.close(fd)  # closing the only descriptor releases the flock
 
 
+def folder_holder(folder: str | Path) -> str | None:
+    """Who works in ``folder`` now (its lock's holder, as :func:`lock_run_folder`'s messages
+    name it), or None when no process holds its lock (or the file system has no locks). A
+    shared probe, released at once: it never blocks, nor writes."""
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _acquire(fd: int, path: Path, timeout_s: float) -> bool:
     """True once locked; False where the file system has no locks (a warning says so)."""
     deadline = time.monotonic() + max(timeout_s, 0)

@@ -2,6 +2,7 @@
 skips what is finished and continues what is not."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -270,3 +271,25 @@ def test_a_run_logs_cells_without_data_once_and_starts_none(tmp_path):
     assert log[0]["cell"] == cell.name and "optimizee=cifar_cnn" in cell.name
     assert echoed == [f"no data: {log[0]['cell']}"]
     assert grid.last_outcomes(archive / "paper")[log[0]["cell"]]["outcome"] == "no data"
+
+
+def test_a_cell_another_process_works_in_is_running_and_not_started_again(tmp_path):
+    from l2o_pipeline.records import lock_run_folder
+
+    archive, protocol = tmp_path / "archive", grid.load_protocol(write_protocol(tmp_path))
+    busy, free = grid.collect(archive, protocol, ["tune_activations"])["tune_activations"]
+    free.folder.mkdir(parents=True)
+    (free.folder / "DONE").write_text(json.dumps({"inputs": {"n_runs": free.n_runs}}))
+    with lock_run_folder(busy.folder):  # as a cell started by another runner holds it
+        cells = grid.collect(archive, protocol, ["tune_activations"])
+        assert [c.state for c in cells["tune_activations"]] == ["running", "done"]
+        assert f"running: pid {os.getpid()}" in cells["tune_activations"][0].detail
+        text = "\n".join(grid.status_lines(cells, protocol))
+        assert f"{busy.name}: running: pid {os.getpid()}" in text
+        echoed = []
+        counts = grid.run_grid(archive, protocol, hours=0.05, only=["tune_activations"],
+                               poll_s=0.1, echo=echoed.append)
+        assert counts == {"finished": 0, "stopped": 0, "failed": 0} and echoed == []
+    # released (that process ended without finishing): an ordinary pending cell again
+    assert [c.state for c in grid.collect(archive, protocol, ["tune_activations"])[
+        "tune_activations"]] == ["pending", "done"]

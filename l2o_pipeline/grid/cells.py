@@ -13,6 +13,7 @@ import yaml
 from l2o_pipeline.catalog import META_TRAIN_SWEEP, PAPER_GRID, SWEEPS
 from l2o_pipeline.config import cell_name
 from l2o_pipeline.errors import UserError
+from l2o_pipeline.records import folder_holder
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PACKAGE_DIR / "conf"
@@ -327,6 +328,11 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
                 "pending")
             c.detail, c.estimate_s = "", 0.0
     for cells in cells_by_sweep.values():
+        for c in cells:  # a cell another process works in now (this runner, another one)
+            if c.state != "done" and (holder := folder_holder(c.folder)):
+                c.state = "running"
+                c.detail = ", ".join(filter(None, [c.detail, f"running: {holder}"]))
+    for cells in cells_by_sweep.values():
         for c in cells:  # a cell this machine cannot read the data of: neither run nor costed
             if c.state != "done" and c.extra.get("no_data"):
                 c.state, c.estimate_s = "no data", 0.0
@@ -336,6 +342,7 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
         for c in cells:
             if c.sweep == META_TRAIN_SWEEP or c.state in ("done", "no data"):
                 continue
+            running = c.state == "running"
             hand, learned = STEP_SECONDS[_family(c.extra["optimizee"])]
             work = c.extra["evaluations"] * sum(c.extra["eval_steps"])
             if rates:
@@ -345,7 +352,7 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
             else:
                 steps = c.n_runs * sum(c.extra["eval_steps"])
                 c.estimate_s = steps * (learned + hand * (c.extra["n_optimizers"] - 1))
-            waiting = _waiting_for(c, cells_by_sweep, meta)
+            waiting = None if running else _waiting_for(c, cells_by_sweep, meta)
             if waiting:
                 c.state, c.detail = "blocked", waiting
 
@@ -435,24 +442,27 @@ def _hours(seconds: float) -> str:
 
 def status_lines(cells_by_sweep: dict[str, list[Cell]], protocol: Protocol) -> list[str]:
     lines = [f"protocol: {protocol.name} ({protocol.description})",
-             f"{'sweep':<20} {'done':>9} {'partial':>7} {'ready':>6} {'blocked':>7} "
-             f"{'no data':>7}  {'rest costs':>10}  waiting for"]
+             f"{'sweep':<20} {'done':>9} {'running':>7} {'partial':>7} {'ready':>6} "
+             f"{'blocked':>7} {'no data':>7}  {'rest costs':>10}  waiting for"]
     total = 0.0
     no_data: dict[str, list[Cell]] = {}
     for name, cells in cells_by_sweep.items():
-        count = {s: sum(c.state == s for c in cells) for s in ("done", "partial", "pending",
-                                                                 "blocked", "no data")}
+        count = {s: sum(c.state == s for c in cells)
+                 for s in ("done", "running", "partial", "pending", "blocked", "no data")}
         rest = sum(c.estimate_s for c in cells if c.state != "done")
         total += rest
         waits = sorted({c.detail for c in cells if c.state == "blocked"})
-        lines.append(f"{name:<20} {count['done']:>4}/{len(cells):<4} {count['partial']:>7} "
-                     f"{count['pending']:>6} {count['blocked']:>7} {count['no data']:>7}  "
+        lines.append(f"{name:<20} {count['done']:>4}/{len(cells):<4} {count['running']:>7} "
+                     f"{count['partial']:>7} {count['pending']:>6} {count['blocked']:>7} "
+                     f"{count['no data']:>7}  "
                      f"{_hours(rest):>10}  "
                      + (waits[0] + (f" (+{len(waits) - 1} more)" if len(waits) > 1 else "")
                         if waits else ""))
         for c in cells:
             if c.sweep == META_TRAIN_SWEEP and c.state != "done":
                 lines.append(f"  {c.name}: {c.detail}, ~{_hours(c.estimate_s)} left")
+            elif c.state == "running":
+                lines.append(f"  {c.name}: {c.detail}")
             if c.state == "no data":
                 no_data.setdefault(c.extra["no_data"], []).append(c)
     lines.append(f"the rest costs ~{_hours(total)} of one core on this machine "
