@@ -221,6 +221,25 @@ def test_a_signal_to_the_runner_stops_its_cells_with_their_state_saved(tmp_path,
     assert (folder / "state.pt").is_file() and not (folder / "DONE").exists()
 
 
+@pytest.mark.slow
+def test_sigusr1_lets_the_running_cells_finish_and_starts_no_more(tmp_path):
+    archive = tmp_path / "archive"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "l2o_pipeline.grid", "run", "--archive", str(archive),
+         "--protocol", str(write_protocol(tmp_path)), "--only", "tune_activations",
+         "--hours", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    first = runner.stdout.readline()  # the first cell has just been started
+    assert first.startswith("start: tune_activations/"), first
+    runner.send_signal(signal.SIGUSR1)
+    out, err = runner.communicate(timeout=300)
+    assert runner.returncode == 0 and "Traceback" not in err, err
+    assert "SIGUSR1: starting no more cells; the 1 running will finish" in out, out
+    log = [json.loads(x) for x in (archive / "paper" / grid.GRID_LOG).read_text().splitlines()]
+    assert [r["outcome"] for r in log] == ["finished"]  # of 2 ready cells, only the one begun
+    assert log[0]["cell"] == first.split()[1]
+
+
 def _cnn_protocol(tmp_path, data_dir, **sweeps):
     """Adam at one rate on the CNNs, the real datasets read from ``data_dir``."""
     spec = {"name": "cnn", "description": "test", "meta_train_iterations": {"default": 2},

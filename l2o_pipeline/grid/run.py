@@ -60,21 +60,27 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
     # SIGTERM (SLURM, `kill`) or Ctrl-C stops the run as its deadline would: each running
     # cell gets SIGTERM and saves its state. Without this the runner died alone and its
     # cells ran on, orphaned (or, on Ctrl-C, it printed a traceback).
+    # SIGUSR1 drains it instead: the running cells finish, no more start (to hand the archive
+    # to a runner with another protocol or budget without losing the work under way).
     stop_signal: list[int] = []
+    drain: list[int] = []
     previous = {}
     try:
         for s in (signal.SIGTERM, signal.SIGINT):
             previous[s] = signal.signal(s, lambda signum, frame: stop_signal.append(signum))
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1,
+                                                 lambda signum, frame: drain.append(signum))
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
-        return _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal)
+        return _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal,
+                          drain)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal):
+def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal, drain):
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     logs = archive / "paper" / CONSOLE_LOGS
     logs.mkdir(parents=True, exist_ok=True)
@@ -87,6 +93,7 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
     # Composed once per run (data copied in meanwhile counts from the next run); each poll
     # only re-reads the archive.
     cells = expand_all(archive, protocol, only)
+    draining = False
 
     def reap(stop: bool = False) -> None:
         for key, (proc, cell, started) in list(running.items()):
@@ -126,6 +133,11 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
                  if c.state in ("pending", "partial") and c.name not in running
                  and c.name not in tried]
         fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP or c.estimate_s <= left]
+        if drain:
+            if not draining:
+                draining = True
+                echo(f"SIGUSR1: starting no more cells; the {len(running)} running will finish")
+            fits = []
         while fits and len(running) < jobs:
             c = fits.pop(0)
             tried.add(c.name)
