@@ -312,3 +312,27 @@ def test_a_cell_another_process_works_in_is_running_and_not_started_again(tmp_pa
     # released (that process ended without finishing): an ordinary pending cell again
     assert [c.state for c in grid.collect(archive, protocol, ["tune_activations"])[
         "tune_activations"]] == ["pending", "done"]
+
+
+def test_a_cell_is_costed_from_finished_cells_of_its_own_optimizee_first(tmp_path):
+    from l2o_pipeline.data import write_fake_cifar10
+
+    archive, data_dir = tmp_path / "archive", tmp_path / "data"
+    write_fake_cifar10(data_dir, n=10)
+    protocol = _cnn_protocol(tmp_path, data_dir, tune_cnn=["optimizer=adam,sgd",
+                                                           "tuning.lrs=[0.01]"])
+    cells = {(c.extra["optimizee"], "sgd" if "optimizer=sgd" in c.name else "adam"): c
+             for c in grid.collect(archive, protocol, ["tune_cnn"])["tune_cnn"]}
+    seconds = {"mnist_cnn": 100.0, "mnist_cnn_deep": 300.0}  # the deeper CNN: 3x per step
+    for optimizee, s in seconds.items():
+        c = cells[optimizee, "adam"]
+        (c.folder / "tune").mkdir(parents=True)
+        block = {"_seconds": s, "table": [{"final_losses": [0.1] * c.n_runs}]}
+        (c.folder / "tune" / "summary.json").write_text(json.dumps({"horizons": {"100": block}}))
+        (c.folder / "DONE").write_text(json.dumps({"inputs": {"n_runs": c.n_runs}}))
+    cells = {(c.extra["optimizee"], "sgd" if "optimizer=sgd" in c.name else "adam"): c
+             for c in grid.collect(archive, protocol, ["tune_cnn"])["tune_cnn"]}
+    assert cells["mnist_cnn", "sgd"].estimate_s == pytest.approx(100.0)
+    assert cells["mnist_cnn_deep", "sgd"].estimate_s == pytest.approx(300.0)
+    # CIFAR-10's CNN has no finished cell of its own: the sweep's median rate
+    assert cells["cifar_cnn", "sgd"].estimate_s in (pytest.approx(100.0), pytest.approx(300.0))

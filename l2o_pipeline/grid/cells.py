@@ -156,7 +156,8 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
                                                                  data_cache)
         # what one cell evaluates side by side: the rate grid of a tuning cell, else the
         # optimizer and its baselines
-        cell.extra["n_optimizers"] = len(cfg.tuning.lrs or LR_GRID) if stage == "tune" else (
+        lrs = values.get("tuning.lrs", cfg.tuning.lrs)  # the protocol's, else the sweep's
+        cell.extra["n_optimizers"] = len(lrs or LR_GRID) if stage == "tune" else (
             1 + sum(v is not None for k, v in cfg.evaluation.baselines.items()
                     if k != values.get("optimizer", cfg.optimizer.name)))
         cell.extra["evaluations"] = _evaluations(cell, values, cfg.tuning, stage)
@@ -304,7 +305,9 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
     """Fill each cell's state, detail and estimated remaining seconds, in catalog order, from
     the archive as it is now (again on each call: the runner re-assesses the same cells)."""
     meta = {(c.experiment, c.seed): c for c in cells_by_sweep.get(META_TRAIN_SWEEP, [])}
-    observed: dict[str, list[float]] = {}  # sweep -> seconds per (run x step x optimizer)
+    # (sweep, optimizee) -> seconds per (run x step x optimizer) of its finished cells: a
+    # deeper CNN costs more per step than the base one, so a sweep's optimizees apart
+    observed: dict[tuple[str, str], list[float]] = {}
     for name, cells in cells_by_sweep.items():
         for c in cells:
             done = _read_json(c.folder / "DONE")
@@ -323,7 +326,7 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
                 continue
             rate = _seconds_per_evaluation_step(c) if done is not None else None
             if rate:
-                observed.setdefault(name, []).append(rate)
+                observed.setdefault((name, c.extra["optimizee"]), []).append(rate)
             c.state = "done" if done is not None and _inputs_current(c, done, meta) else (
                 "pending")
             c.detail, c.estimate_s = "", 0.0
@@ -338,11 +341,12 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
                 c.state, c.estimate_s = "no data", 0.0
                 c.detail = f"no data: {c.extra['no_data'].split(';')[0]}"
     for name, cells in cells_by_sweep.items():
-        rates = sorted(observed.get(name, []))
+        in_sweep = sorted(r for (sweep, _), rs in observed.items() if sweep == name for r in rs)
         for c in cells:
             if c.sweep == META_TRAIN_SWEEP or c.state in ("done", "no data"):
                 continue
             running = c.state == "running"
+            rates = sorted(observed.get((name, c.extra["optimizee"]), [])) or in_sweep
             hand, learned = STEP_SECONDS[_family(c.extra["optimizee"])]
             work = c.extra["evaluations"] * sum(c.extra["eval_steps"])
             if rates:
