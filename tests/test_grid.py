@@ -336,3 +336,32 @@ def test_a_cell_is_costed_from_finished_cells_of_its_own_optimizee_first(tmp_pat
     assert cells["mnist_cnn_deep", "sgd"].estimate_s == pytest.approx(300.0)
     # CIFAR-10's CNN has no finished cell of its own: the sweep's median rate
     assert cells["cifar_cnn", "sgd"].estimate_s in (pytest.approx(100.0), pytest.approx(300.0))
+
+
+@pytest.mark.slow
+def test_where_starts_only_the_matching_cells(tmp_path):
+    archive, protocol = tmp_path / "archive", grid.load_protocol(write_protocol(tmp_path))
+    started = []
+    grid.run_grid(archive, protocol, hours=0.05, only=["tune_activations"], poll_s=0.1,
+                  echo=started.append, where={"optimizer.lr": "0.0625"})
+    assert [s.split()[1] for s in started if s.startswith("start:")] == [
+        c.name for c in grid.collect(archive, protocol, ["tune_activations"])[
+            "tune_activations"] if "optimizer.lr=0.0625" in c.name]
+
+
+def test_where_matches_what_a_cell_does_not_contradict_and_refuses_matching_none(tmp_path):
+    from l2o_pipeline.grid.run import matches
+
+    cell = grid.Cell("fig7", ["experiment=rnnprop", "optimizee=mnist_cnn", "seed=0"],
+                     tmp_path, "rnnprop", 0)
+    assert matches(cell, {"optimizee": "mnist_cnn"}) and matches(cell, {"optimizer": "sgd"})
+    assert not matches(cell, {"optimizee": "mnist_cnn_deep"})
+    assert not matches(cell, {"optimizee": "mnist_cnn", "seed": "1"})
+    job = subprocess.run([sys.executable, "-m", "l2o_pipeline.grid", "run", "--archive",
+                          str(tmp_path / "new"), "--protocol", str(write_protocol(tmp_path)),
+                          "--only", "tune_activations", "--hours", "1", "--where",
+                          "optimizer=sgd"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert job.returncode == 2 and "Traceback" not in job.stderr
+    assert "no cell of tune_activations matches --where optimizer=sgd" in job.stderr
+    assert not (tmp_path / "new").exists()

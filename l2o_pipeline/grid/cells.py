@@ -87,7 +87,7 @@ class Cell:
     seed: int
     target: int | None = None  # meta-training iterations (meta-training cells)
     n_runs: int | None = None
-    state: str = "pending"  # done | partial | pending | blocked | no data
+    state: str = "pending"  # done | running | partial | pending | blocked | no data
     detail: str = ""
     estimate_s: float = 0.0
     extra: dict = field(default_factory=dict)

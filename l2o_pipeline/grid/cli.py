@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     run_p = sub.choices["run"]
     run_p.add_argument("--hours", type=float, required=True, help="time budget")
     run_p.add_argument("--jobs", type=int, default=1, help="cells at a time (threads split)")
+    run_p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                       help="start only the cells whose overrides do not contradict it, e.g. "
+                            "--where optimizee=mnist_cnn (repeatable; all cells are still "
+                            "assessed)")
     args = parser.parse_args(argv)
     archive = Path(args.runs if args.command == "launch" else args.archive).resolve()
     if archive.exists() and not archive.is_dir():
@@ -54,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not (args.hours > 0 and math.isfinite(args.hours)) or args.jobs < 1:
             parser.error("--hours must be a positive number and --jobs a positive integer")
-        counts = run_grid(archive, protocol, args.hours, only, args.jobs)
+        bad = [w for w in args.where if "=" not in w.strip("=")]
+        if bad:
+            parser.error(f"--where takes KEY=VALUE (a cell override), got {bad[0]!r}")
+        where = dict(w.split("=", 1) for w in args.where)
+        counts = run_grid(archive, protocol, args.hours, only, args.jobs, where=where)
     except GridError as exc:
         print(f"l2o-grid: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from l2o_pipeline.grid.cells import (
     GRID_LOG,
     SWEEPS_DIR,
     Cell,
+    GridError,
     Protocol,
     _hours,
     assess,
@@ -53,9 +54,19 @@ def _log_file(logs: Path, c: Cell) -> Path:
     return logs / (c.name.replace("/", "__") + ".log")
 
 
+def matches(c: Cell, where: dict[str, str]) -> bool:
+    """Whether none of the cell's overrides contradicts ``where`` (key -> value): a cell
+    that does not set a key matches it."""
+    values = dict(o.split("=", 1) for o in c.overrides if "=" in o)
+    return all(values.get(key, value) == value for key, value in where.items())
+
+
 def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | None = None,
-             jobs: int = 1, poll_s: float = 5.0, echo=print) -> dict[str, int]:
-    """Start ready cells in catalog order until ``hours`` are spent; returns counts."""
+             jobs: int = 1, poll_s: float = 5.0, echo=print,
+             where: dict[str, str] | None = None) -> dict[str, int]:
+    """Start ready cells in catalog order until ``hours`` are spent; returns counts.
+    ``where``: start only the cells it :func:`matches` (every cell is still assessed, so what
+    they wait for stays what it is)."""
     deadline = time.monotonic() + hours * 3600
     # SIGTERM (SLURM, `kill`) or Ctrl-C stops the run as its deadline would: each running
     # cell gets SIGTERM and saves its state. Without this the runner died alone and its
@@ -74,18 +85,16 @@ def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | 
         pass
     try:
         return _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal,
-                          drain)
+                          drain, where or {})
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal, drain):
+def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signal, drain,
+               where):
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     logs = archive / "paper" / CONSOLE_LOGS
-    logs.mkdir(parents=True, exist_ok=True)
-    # The report prints the protocol the archive's cells were run under.
-    write_text(archive / "paper" / "protocol.yaml", protocol.path.read_text())
     running: dict[str, tuple[subprocess.Popen, Cell, float]] = {}
     counts = {"finished": 0, "stopped": 0, "failed": 0}
     tried: set[str] = set()  # one attempt per cell and run: a failing cell does not spin
@@ -93,6 +102,12 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
     # Composed once per run (data copied in meanwhile counts from the next run); each poll
     # only re-reads the archive.
     cells = expand_all(archive, protocol, only)
+    if where and not any(matches(c, where) for cs in cells.values() for c in cs):
+        raise GridError("no cell of " + (", ".join(only) if only else "the grid") + " matches "
+                        + " ".join(f"--where {k}={v}" for k, v in where.items()))
+    # The report prints the protocol the archive's cells were run under.
+    write_text(archive / "paper" / "protocol.yaml", protocol.path.read_text())
+    logs.mkdir(parents=True, exist_ok=True)
     draining = False
 
     def reap(stop: bool = False) -> None:
@@ -131,7 +146,7 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
                 echo(f"no data: {c.name}")
         ready = [c for cs in cells.values() for c in cs
                  if c.state in ("pending", "partial") and c.name not in running
-                 and c.name not in tried]
+                 and c.name not in tried and matches(c, where)]
         fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP or c.estimate_s <= left]
         if drain:
             if not draining:
