@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as exc:
         print(f"l2o-grid: {exc}", file=sys.stderr)
         return 2
-    print(f"{counts['finished']} cell(s) finished, {counts['stopped']} stopped (resumable), "
+    print(f"{counts['finished']} cell(s) finished, {counts['stopped']} stopped (a meta-training "
+          f"continues where it stopped, an evaluation or tuning starts over), "
           f"{counts['failed']} failed; `l2o-grid status` for the rest")
     print("\n".join(status_lines(collect(archive, protocol, only), protocol)))
     return 1 if counts["failed"] else 0
