@@ -338,6 +338,39 @@ def test_a_cell_is_costed_from_finished_cells_of_its_own_optimizee_first(tmp_pat
     assert cells["cifar_cnn", "sgd"].estimate_s in (pytest.approx(100.0), pytest.approx(300.0))
 
 
+def test_ready_cells_start_with_meta_training_then_what_completes_a_result_soonest(tmp_path):
+    from l2o_pipeline.data import write_fake_cifar10
+
+    data_dir = tmp_path / "data"
+    write_fake_cifar10(data_dir, n=10)
+    protocol = _cnn_protocol(tmp_path, data_dir, tune_cnn=["optimizer=adam,sgd,rmsprop",
+                                                           "tuning.lrs=[0.01]"])
+    cells = grid.collect(tmp_path / "archive", protocol, ["fig7"])
+    tune = {(c.extra["optimizee"], c.overrides[0].split("=")[1]): c for c in cells["tune_cnn"]}
+    fig7 = {c.extra["optimizee"]: c for c in cells["fig7"]}
+    # As assessed mid-grid: the MNIST CNN tuned, CIFAR-10's one tuning short, the deep CNN's
+    # three to go (each cheaper than CIFAR-10's last), and RNNprop still meta-training.
+    for c in cells["tune_cnn"]:
+        c.state, c.estimate_s = "pending", 60.0
+    for key in [("mnist_cnn", o) for o in ("adam", "sgd", "rmsprop")] + [
+            ("cifar_cnn", "sgd"), ("cifar_cnn", "rmsprop")]:
+        tune[key].state, tune[key].estimate_s = "done", 0.0
+    tune["cifar_cnn", "adam"].estimate_s = 100.0
+    fig7["mnist_cnn"].state, fig7["mnist_cnn"].estimate_s = "pending", 200.0
+    [meta] = cells["paper_meta_train"]
+    meta.state = "partial"
+    ready = [c for cs in cells.values() for c in cs if c.state in ("pending", "partial")]
+    assert len(ready) == 6
+    assert [c.name for c in grid.start_order(ready, cells)] == [c.name for c in [
+        meta, tune["cifar_cnn", "adam"], *(tune["mnist_cnn_deep", o] for o in ("adam", "sgd",
+                                                                                 "rmsprop")),
+        fig7["mnist_cnn"]]]
+    # Alone in a run (no dependant waits for it) a tuning goes by its own cost.
+    only_tune = {"tune_cnn": cells["tune_cnn"]}
+    assert grid.start_order([tune["cifar_cnn", "adam"], tune["mnist_cnn_deep", "sgd"]],
+                            only_tune)[0] is tune["mnist_cnn_deep", "sgd"]
+
+
 @pytest.mark.slow
 def test_where_starts_only_the_matching_cells(tmp_path):
     archive, protocol = tmp_path / "archive", grid.load_protocol(write_protocol(tmp_path))

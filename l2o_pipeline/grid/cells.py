@@ -376,6 +376,27 @@ def _inputs_current(c: Cell, done: dict, meta: dict) -> bool:
     return wanted is None or inputs.get("checkpoint_iteration") == wanted
 
 
+def start_order(ready: list[Cell], cells_by_sweep: dict[str, list[Cell]]) -> list[Cell]:
+    """``ready`` (assessed cells, in catalog order) in the order a runner starts them:
+    meta-trainings first (the longest work, resumable, and what every evaluation of a learned
+    optimizer waits for), then whatever completes a result soonest: an evaluation by its own
+    cost, a tuning by what is left of the tuning its dependants wait for (its sweep's cells of
+    its optimizee not done, see :func:`_waiting_for`); catalog order between equals. So the
+    last tuning of one CNN runs before the first of a CNN with five to go."""
+    def rest_of_group(c: Cell) -> float:
+        if not any(c.sweep in SWEEPS[d].needs for d in cells_by_sweep):
+            return c.estimate_s  # nothing in this run waits for it
+        return sum(x.estimate_s for x in cells_by_sweep[c.sweep]
+                   if x.state != "done" and x.extra["optimizee"] == c.extra["optimizee"])
+
+    def key(c: Cell) -> tuple[bool, float]:
+        if c.sweep == META_TRAIN_SWEEP:
+            return False, 0.0
+        return True, rest_of_group(c) if SWEEPS[c.sweep].stage == "tune" else c.estimate_s
+
+    return sorted(ready, key=key)  # stable: catalog order between equal keys
+
+
 def _waiting_for(c: Cell, cells_by_sweep: dict, meta: dict) -> str:
     waits = []
     for need in SWEEPS[c.sweep].needs:

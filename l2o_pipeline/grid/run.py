@@ -24,6 +24,7 @@ from l2o_pipeline.grid.cells import (
     expand,
     expand_all,
     last_outcomes,
+    start_order,
     wanted_sweeps,
 )
 from l2o_pipeline.records import write_text
@@ -64,7 +65,7 @@ def matches(c: Cell, where: dict[str, str]) -> bool:
 def run_grid(archive: Path, protocol: Protocol, hours: float, only: list[str] | None = None,
              jobs: int = 1, poll_s: float = 5.0, echo=print,
              where: dict[str, str] | None = None) -> dict[str, int]:
-    """Start ready cells in catalog order until ``hours`` are spent; returns counts.
+    """Start ready cells (in :func:`start_order`) until ``hours`` are spent; returns counts.
     ``where``: start only the cells it :func:`matches` (every cell is still assessed, so what
     they wait for stays what it is)."""
     deadline = time.monotonic() + hours * 3600
@@ -144,9 +145,9 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
                                   "time": time.time(), "message": c.detail}
                 _log(archive, logged[c.name])
                 echo(f"no data: {c.name}")
-        ready = [c for cs in cells.values() for c in cs
-                 if c.state in ("pending", "partial") and c.name not in running
-                 and c.name not in tried and matches(c, where)]
+        ready = start_order([c for cs in cells.values() for c in cs
+                             if c.state in ("pending", "partial") and c.name not in running
+                             and c.name not in tried and matches(c, where)], cells)
         fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP or c.estimate_s <= left]
         if drain:
             if not draining:
