@@ -11,11 +11,12 @@ from l2o_pipeline.records import json_safe, write_json, write_text
 from l2o_pipeline.report.checks import Claim
 from l2o_pipeline.report.claims import evaluate_claims, evaluate_dm_claims
 from l2o_pipeline.report.compare import build_comparisons, render_comparisons
+from l2o_pipeline.report.differences import render_differences
 from l2o_pipeline.report.figures import FIGURE_FILES, build_figures, render_figure
 from l2o_pipeline.report.index import RunIndex
 from l2o_pipeline.report.readers import load_curves
 from l2o_pipeline.report.rules import RULES
-from l2o_pipeline.report.style import fmt_lr, label
+from l2o_pipeline.report.style import fmt_lr, grid_edge, label
 from l2o_pipeline.report.tables import MISSING, build_tables, render_table, value_range
 
 
@@ -146,11 +147,12 @@ def render_header(st: dict, idx: RunIndex) -> str:
     if st["tuned_rates"]:
         lines += ["Tuned rates named by tuning records (`tune/summary.json`; protocol `full`: "
                   "every rate over all runs, `coarse_to_fine`: every rate over a few runs, "
-                  "then the best few over all):", "",
-                  "| Optimizer | Task | Horizon | Tuned lr | Protocol | Cell |",
+                  "then the best few over all; \"grid's top\" or \"bottom\": the tuned rate "
+                  "is an end of the rates it was tuned over, so a wider grid might beat it):",
+                  "", "| Optimizer | Task | Horizon | Tuned lr | Protocol | Cell |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {label(r['optimizer'])} | {r['task']} | {r['horizon']} | "
-                  f"{fmt_lr(r['lr'])} | {r['protocol']} | `{r['cell']}` |"
+                  f"{fmt_lr(r['lr'])}{grid_edge(r)} | {r['protocol']} | `{r['cell']}` |"
                   for r in st["tuned_rates"]]
         lines.append("")
     w = st["wall_time_s"]
@@ -278,7 +280,8 @@ def build_report(runs: str | Path, out: str | Path, title: str = "Reproduction r
     md += [f"| {c.id} | {c.where} | {c.status} |" for c in claims + dm_claims]
     md += ["", "Claims P2-*: paper 2's results, outside paper 1's checklist. Details, numbers "
            "and rules: [Claims of paper 1](#claims-of-paper-1-spec-6).", ""]
-    md += [render_protocol(protocol), render_header(st, idx), METHOD]
+    md += [render_differences(st, idx), render_protocol(protocol), render_header(st, idx),
+           METHOD]
     md += [render_comparisons(comparisons)]
     md += [render_claims(claims, "## Claims of paper 1 (spec §6)")]
     md += ["## Tables of paper 1", ""]

@@ -317,8 +317,11 @@ class RunIndex:
             horizon = int_or_none(h)
             try:
                 rows = list(block.get("coarse_table", [])) + list(block["table"])
-                tuned = {"lr": float(block["tuned_lr"]),
-                         "protocol": str(record.get("protocol", "full")),
+                lr = float(block["tuned_lr"])
+                grid = [float(x) for x in record.get("lrs") or [r["lr"] for r in rows]]
+                # a rate at an end of its grid may not be the best one: a wider grid can say
+                edge = "top" if lr >= max(grid) else "bottom" if lr <= min(grid) else None
+                tuned = {"lr": lr, "edge": edge, "protocol": str(record.get("protocol", "full")),
                          "cell": rel(cell, self.root)}
                 ms = [self._measurement("hand", name, task, horizon, r, int(r["n_runs"]), cell,
                                         sweep, eval_seed, mode) for r in rows]

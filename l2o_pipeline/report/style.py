@@ -28,6 +28,11 @@ def color(name: str) -> str | None:
     return EXPERIMENTS[name][1] if name in EXPERIMENTS else registry.color(name)
 
 
+def grid_edge(tuned: dict) -> str:
+    """" (grid's top)" where a tuned rate is an end of the grid it was tuned over, else ""."""
+    return f" (grid's {tuned['edge']})" if tuned.get("edge") else ""
+
+
 def fmt_lr(lr) -> str:
     """A rate of the √2 grid as a power of two (2^-5.5), anything else in %.3g."""
     if lr is None:
