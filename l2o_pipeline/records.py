@@ -34,6 +34,10 @@ from l2o_pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+# A tuning cell's record, and the passes it has finished while it is not done, relative to the
+# cell (here, with the other records, for readers that do not import torch: l2o-grid).
+TUNING_RECORD = Path("tune") / "summary.json"
+TUNING_PASSES = Path("tune") / "passes.json"
 # Where files that a restart replaces are moved (never deleted): <folder>/discarded/<time>/.
 DISCARDED_DIR = "discarded"
 # `.<name>.<pid>.tmp`: hidden, and unique per process so that two writers never share one.

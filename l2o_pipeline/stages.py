@@ -25,7 +25,7 @@ from l2o_pipeline.evaluate import DIVERGED_RULE, evaluate
 from l2o_pipeline.meta import meta_train
 from l2o_pipeline.optimizees import build_task
 from l2o_pipeline.optimizers import build_optimizer
-from l2o_pipeline.records import save_torch, write_json
+from l2o_pipeline.records import read_json_record, save_torch, write_json
 from l2o_pipeline.tricks import apply_tricks
 from l2o_pipeline.wandb_names import model_artifact_name
 
@@ -69,7 +69,8 @@ def tune_stage(cfg, device, out, writer) -> float:
     """stage=tune: the whole rate grid of one hand-designed optimizer on the task per horizon,
     batched; the record in tune/summary.json. Returns the tuned loss at the first horizon."""
     from l2o_pipeline.baselines import LR_GRID
-    from l2o_pipeline.tuning import tune_learning_rate, write_record
+    from l2o_pipeline.fingerprint import RECORD as FINGERPRINT
+    from l2o_pipeline.tuning import SavedPasses, tune_learning_rate, write_record
 
     ev, tu = cfg.evaluation, cfg.tuning
     optimizer = build_model(cfg)
@@ -81,13 +82,17 @@ def tune_stage(cfg, device, out, writer) -> float:
                                     if tu.protocol == "coarse_to_fine" else {}),
               "lrs": lrs, "n_runs": ev.n_runs, "final_loss": ev.final_loss, "seed": cfg.seed,
               "evaluation_seed": ev.seed, "engine": ev.engine, "horizons": {}}
+    # written by the pipeline before any stage: what this folder computes
+    saved = SavedPasses(out, read_json_record(out / FINGERPRINT, "the folder's fingerprint",
+                                              "run the cell again")["sha256"])
     for horizon in cfg.horizon.eval_steps:
         log.info("tuning %s on %s at %d steps: %d rates x %d runs (%s protocol)",
                  optimizer.name, task.name, horizon, len(lrs), ev.n_runs, tu.protocol)
         block = tune_learning_rate(task, optimizer, lrs, horizon, ev.n_runs, seed=ev.seed,
                                    final_loss=ev.final_loss, protocol=tu.protocol,
                                    coarse_runs=tu.coarse_runs, top_k=tu.top_k,
-                                   engine=ev.engine, memory_budget_gb=ev.memory_budget_gb)
+                                   engine=ev.engine, memory_budget_gb=ev.memory_budget_gb,
+                                   saved=saved)
         record["horizons"][str(horizon)] = block
         log.info("tuned %s at %d steps: lr %.6g, final loss %.5g", optimizer.name, horizon,
                  block["tuned_lr"], block["tuned_loss"])
@@ -98,6 +103,7 @@ def tune_stage(cfg, device, out, writer) -> float:
         writer.summary({f"tune/{horizon}/lr": block["tuned_lr"],
                         f"tune/{horizon}/final_loss": block["tuned_loss"]})
     write_record(out, record)
+    saved.remove()  # the record holds every pass now
     return record["horizons"][str(cfg.horizon.eval_steps[0])]["tuned_loss"]
 
 

@@ -16,10 +16,17 @@ Protocols (``tuning.protocol``):
 
 Either way the tuned rate is the rate of lowest mean final loss among the rates evaluated over
 all runs, a non-finite mean (a diverged run) counting as +∞ (:func:`best_rate`).
+
+A cell stopped before its record is written resumes from its last finished pass (a horizon's
+coarse or full pass): each is saved in ``<cell>/tune/passes.json`` as it ends
+(:class:`SavedPasses`), keyed by the folder's fingerprint and what the pass evaluates, and
+removed with the record.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -29,10 +36,40 @@ from l2o_pipeline.batched import DEFAULT_MEMORY_BUDGET_GB, evaluate_batched
 from l2o_pipeline.evaluate import EvalResult, evaluate
 from l2o_pipeline.optimizees.base import Task
 from l2o_pipeline.optimizers.hand_designed import HandDesigned
-from l2o_pipeline.records import read_json_record, write_json
+from l2o_pipeline.records import TUNING_PASSES, TUNING_RECORD, read_json_record, write_json
 
+log = logging.getLogger(__name__)
 PROTOCOLS = ("full", "coarse_to_fine")
-RECORD = Path("tune") / "summary.json"  # a tuning cell's record, relative to the cell
+RECORD, PASSES = TUNING_RECORD, TUNING_PASSES
+
+
+class SavedPasses:
+    """The finished passes of an unfinished tuning cell, so that a stopped cell (SIGTERM at a
+    grid's deadline, preemption) resumes from its last finished pass. A pass is found again
+    only under the same key: the folder's fingerprint (what it computes) and the pass's own
+    horizon, rates, run count, evaluation seed and final-loss rule."""
+
+    def __init__(self, cell: str | Path, fingerprint: str):
+        self.path, self.fingerprint = Path(cell) / PASSES, fingerprint
+        self.passes: dict = {}
+        if self.path.is_file():
+            try:
+                self.passes = json.loads(self.path.read_text())
+            except (OSError, ValueError) as exc:  # written atomically: damaged, so start over
+                log.warning("%s is unreadable (%s); its passes run again", self.path, exc)
+
+    def key(self, **what) -> str:
+        return json.dumps({"fingerprint": self.fingerprint, **what}, sort_keys=True)
+
+    def get(self, key: str) -> dict | None:
+        return self.passes.get(key)
+
+    def put(self, key: str, rows: list[dict], seconds: float) -> None:
+        self.passes[key] = {"rows": rows, "seconds": seconds}
+        write_json(self.path, self.passes)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _row(lr: float, result: EvalResult) -> dict:
@@ -55,7 +92,16 @@ def best_rate(rows: Sequence[dict]) -> dict:
 
 def _evaluate_rates(task: Task, optimizer: HandDesigned, lrs: Sequence[float], n_steps: int,
                     n_runs: int, seed: int, final_loss: str, engine: str,
-                    memory_budget_gb: float) -> list[dict]:
+                    memory_budget_gb: float, saved: SavedPasses | None
+                    ) -> tuple[list[dict], float]:
+    """(one row per rate, seconds the pass took: when it ran before, as recorded then)."""
+    key = saved and saved.key(horizon=n_steps, lrs=list(lrs), n_runs=n_runs, seed=seed,
+                              final_loss=final_loss)
+    if saved and (hit := saved.get(key)):
+        log.info("%s at %d steps, %d rates x %d runs: resumed from %s", optimizer.name,
+                 n_steps, len(lrs), n_runs, saved.path)
+        return hit["rows"], hit["seconds"]
+    start = time.perf_counter()
     grid = {f"{optimizer.name}@{lr:.10g}": optimizer.with_lr(lr) for lr in lrs}
     desc = f"tune {optimizer.name} ({len(lrs)} rates x {n_runs} runs) {n_steps} steps"
     if engine == "sequential":
@@ -65,17 +111,23 @@ def _evaluate_rates(task: Task, optimizer: HandDesigned, lrs: Sequence[float], n
         results = evaluate_batched(task, grid, n_steps, n_runs, seed=seed,
                                    final_loss=final_loss, memory_budget_gb=memory_budget_gb,
                                    desc=desc)
-    return [_row(lr, results[key]) for lr, key in zip(lrs, grid)]
+    rows = [_row(lr, results[name]) for lr, name in zip(lrs, grid)]
+    seconds = time.perf_counter() - start
+    if saved:
+        saved.put(key, rows, seconds)
+    return rows, seconds
 
 
 def tune_learning_rate(task: Task, optimizer: HandDesigned, lrs: Sequence[float], n_steps: int,
                        n_runs: int, seed: int = 0, final_loss: str = "average_over_seen",
                        protocol: str = "full", coarse_runs: int = 10, top_k: int = 3,
                        engine: str = "batched",
-                       memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> dict:
+                       memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                       saved: SavedPasses | None = None) -> dict:
     """One horizon's block of the tuning record: ``tuned_lr``, ``tuned_loss``, ``table`` (one
     row per rate evaluated over all runs, with its per-run final losses) and, for the coarse
-    protocol, ``coarse_table``."""
+    protocol, ``coarse_table``; ``_seconds``, what its passes took. ``saved``: the passes
+    finished before (taken as they are) and where this call's are saved."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown tuning protocol {protocol!r}; valid: {list(PROTOCOLS)}")
     if not lrs:
@@ -85,19 +137,18 @@ def tune_learning_rate(task: Task, optimizer: HandDesigned, lrs: Sequence[float]
         raise ValueError(f"the coarse_to_fine protocol needs 0 < coarse_runs < n_runs and "
                          f"0 < top_k < the number of rates, got coarse_runs={coarse_runs}, "
                          f"n_runs={n_runs}, top_k={top_k}, {len(lrs)} rates")
-    args = (n_steps, n_runs, seed, final_loss, engine, memory_budget_gb)
-    start = time.perf_counter()
+    args = (n_steps, n_runs, seed, final_loss, engine, memory_budget_gb, saved)
     block: dict = {}
+    seconds = 0.0
     if coarse:
-        rows = _evaluate_rates(task, optimizer, lrs, n_steps, coarse_runs, *args[2:])
+        rows, seconds = _evaluate_rates(task, optimizer, lrs, n_steps, coarse_runs, *args[2:])
         best = sorted(range(len(rows)), key=lambda i: rate_loss(rows[i]))[:top_k]
         block["coarse_table"] = rows
-        table = _evaluate_rates(task, optimizer, [lrs[i] for i in sorted(best)], *args)
-    else:
-        table = _evaluate_rates(task, optimizer, lrs, *args)
+        lrs = [lrs[i] for i in sorted(best)]
+    table, fine_seconds = _evaluate_rates(task, optimizer, lrs, *args)
     best = best_rate(table)
     return {"tuned_lr": best["lr"], "tuned_loss": best["final_loss_mean"], "table": table,
-            **block, "_seconds": time.perf_counter() - start}
+            **block, "_seconds": seconds + fine_seconds}
 
 
 def write_record(cell: str | Path, record: dict) -> Path:

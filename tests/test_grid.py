@@ -314,6 +314,24 @@ def test_a_cell_another_process_works_in_is_running_and_not_started_again(tmp_pa
         "tune_activations"]] == ["pending", "done"]
 
 
+def test_a_stopped_tuning_with_saved_passes_is_partial_and_costs_the_rest(tmp_path):
+    from l2o_pipeline.records import TUNING_PASSES
+
+    archive, protocol = tmp_path / "archive", grid.load_protocol(write_protocol(tmp_path))
+    stopped, fresh = grid.collect(archive, protocol, ["tune_activations"])["tune_activations"]
+    (stopped.folder / TUNING_PASSES).parent.mkdir(parents=True)
+    saved_s = 0.25 * fresh.estimate_s
+    (stopped.folder / TUNING_PASSES).write_text(json.dumps({"pass": {"rows": [],
+                                                                      "seconds": saved_s}}))
+    cells = grid.collect(archive, protocol, ["tune_activations"])
+    stopped, fresh = cells["tune_activations"]
+    assert (stopped.state, fresh.state) == ("partial", "pending")
+    assert stopped.detail == "1 tuning pass(es) saved"
+    assert stopped.estimate_s == pytest.approx(fresh.estimate_s - saved_s)
+    assert f"{stopped.name}: 1 tuning pass(es) saved" in "\n".join(
+        grid.status_lines(cells, protocol))
+
+
 def test_a_cell_is_costed_from_finished_cells_of_its_own_optimizee_first(tmp_path):
     from l2o_pipeline.data import write_fake_cifar10
 

@@ -176,3 +176,44 @@ def test_scan_tuning_reads_records_and_old_per_rate_cells(tmp_path):
     best = scan_tuning(root)["mnist-mlp-tanh-l1@100"]["adam"]
     assert (best["lr"], best["protocol"]) == (0.02, "one cell per rate")  # the lower loss
     torch.testing.assert_close(torch.tensor(best["loss"]), torch.tensor(0.25))
+
+
+def test_a_stopped_tuning_resumes_from_its_last_finished_pass(make_cfg, tmp_path, monkeypatch):
+    import l2o_pipeline.tuning as tuning
+
+    coarse = [*TUNE, "tuning.protocol=coarse_to_fine", "tuning.coarse_runs=1", "tuning.top_k=2"]
+    reference = tmp_path / "reference"
+    run(make_cfg(*coarse, output_dir=reference))
+    assert not (reference / tuning.PASSES).exists()  # the record holds every pass
+    passes = []  # (rates, runs) of each pass evaluated
+    real = tuning.evaluate_batched
+
+    def evaluate_then_stop(task, grid, n_steps, n_runs, **kw):
+        passes.append((len(grid), n_runs))
+        if len(passes) == 2:
+            raise KeyboardInterrupt  # as a SIGTERM in the second pass
+        return real(task, grid, n_steps, n_runs, **kw)
+
+    cell = tmp_path / "cell"
+    monkeypatch.setattr(tuning, "evaluate_batched", evaluate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*coarse, output_dir=cell))
+    assert not (cell / "DONE").exists()
+    assert len(json.loads((cell / tuning.PASSES).read_text())) == 1  # the coarse pass
+    passes.clear()
+    monkeypatch.setattr(tuning, "evaluate_batched",
+                        lambda task, grid, n_steps, n_runs, **kw: passes.append(
+                            (len(grid), n_runs)) or real(task, grid, n_steps, n_runs, **kw))
+    run(make_cfg(*coarse, output_dir=cell))
+    assert passes == [(2, 3)]  # only the fine pass ran again
+    assert (cell / "DONE").exists() and not (cell / tuning.PASSES).exists()
+    record, expected = (json.loads((c / "tune" / "summary.json").read_text())["horizons"]["10"]
+                        for c in (cell, reference))
+    for key in ("tuned_lr", "tuned_loss", "table", "coarse_table"):
+        assert record[key] == expected[key]
+    # a pass saved under another fingerprint (another computation) is not taken
+    saved = tuning.SavedPasses(tmp_path / "other", "fingerprint-a")
+    saved.put(saved.key(horizon=10, lrs=[1.0]), [{"lr": 1.0}], 1.0)
+    for fingerprint, found in (("fingerprint-a", [{"lr": 1.0}]), ("fingerprint-b", None)):
+        again = tuning.SavedPasses(tmp_path / "other", fingerprint)
+        assert (again.get(again.key(horizon=10, lrs=[1.0])) or {}).get("rows") == found

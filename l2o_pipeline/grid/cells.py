@@ -13,7 +13,7 @@ import yaml
 from l2o_pipeline.catalog import META_TRAIN_SWEEP, PAPER_GRID, SWEEPS
 from l2o_pipeline.config import cell_name
 from l2o_pipeline.errors import UserError
-from l2o_pipeline.records import folder_holder
+from l2o_pipeline.records import TUNING_PASSES, TUNING_RECORD, folder_holder
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PACKAGE_DIR / "conf"
@@ -286,7 +286,7 @@ def _seconds_per_evaluation_step(c: Cell) -> float | None:
     record: a tuning record's tables say which rates it ran over how many runs (the protocol
     may have changed since), an evaluation's work is the cell's."""
     evaluation = _read_json(c.folder / "eval" / "summary.json")
-    summary = evaluation or _read_json(c.folder / "tune" / "summary.json")
+    summary = evaluation or _read_json(c.folder / TUNING_RECORD)
     if summary is None:
         return None
     seconds, work = 0.0, 0
@@ -330,6 +330,10 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
             c.state = "done" if done is not None and _inputs_current(c, done, meta) else (
                 "pending")
             c.detail, c.estimate_s = "", 0.0
+            passes = _read_json(c.folder / TUNING_PASSES) if c.state != "done" else None
+            if passes:  # a stopped tuning: it resumes from these
+                c.state, c.detail = "partial", f"{len(passes)} tuning pass(es) saved"
+            c.extra["saved_s"] = sum(p.get("seconds", 0.0) for p in (passes or {}).values())
     for cells in cells_by_sweep.values():
         for c in cells:  # a cell another process works in now (this runner, another one)
             if c.state != "done" and (holder := folder_holder(c.folder)):
@@ -356,6 +360,9 @@ def assess(cells_by_sweep: dict[str, list[Cell]]) -> None:
             else:
                 steps = c.n_runs * sum(c.extra["eval_steps"])
                 c.estimate_s = steps * (learned + hand * (c.extra["n_optimizers"] - 1))
+            # what a stopped tuning's saved passes took is not spent again (roughly: they may
+            # have run at another speed)
+            c.estimate_s = max(c.estimate_s - c.extra["saved_s"], 0.1 * c.estimate_s)
             waiting = None if running else _waiting_for(c, cells_by_sweep, meta)
             if waiting:
                 c.state, c.detail = "blocked", waiting
@@ -484,7 +491,7 @@ def status_lines(cells_by_sweep: dict[str, list[Cell]], protocol: Protocol) -> l
                      + (waits[0] + (f" (+{len(waits) - 1} more)" if len(waits) > 1 else "")
                         if waits else ""))
         for c in cells:
-            if c.sweep == META_TRAIN_SWEEP and c.state != "done":
+            if (c.sweep == META_TRAIN_SWEEP and c.state != "done") or c.state == "partial":
                 lines.append(f"  {c.name}: {c.detail}, ~{_hours(c.estimate_s)} left")
             elif c.state == "running":
                 lines.append(f"  {c.name}: {c.detail}")

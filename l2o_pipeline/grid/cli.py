@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"l2o-grid: {exc}", file=sys.stderr)
         return 2
     print(f"{counts['finished']} cell(s) finished, {counts['stopped']} stopped (a meta-training "
-          f"continues where it stopped, an evaluation or tuning starts over), "
+          f"continues where it stopped, a tuning from its last finished pass, an evaluation "
+          f"starts over), "
           f"{counts['failed']} failed; `l2o-grid status` for the rest")
     print("\n".join(status_lines(collect(archive, protocol, only), protocol)))
     return 1 if counts["failed"] else 0

@@ -168,8 +168,8 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
         time.sleep(min(poll_s, max(left, 0.1)))
     if running:
         why = signal.Signals(stop_signal[0]).name if stop_signal else "time is up"
-        echo(f"{why}: stopping {len(running)} cell(s); a meta-training saves its state, an "
-             "evaluation or tuning will start over")
+        echo(f"{why}: stopping {len(running)} cell(s); a meta-training saves its state, a "
+             "tuning resumes from its last finished pass, an evaluation will start over")
         reap(stop=True)
         while running:
             time.sleep(0.5)
