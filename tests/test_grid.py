@@ -91,8 +91,40 @@ def test_a_coarse_to_fine_tuning_cell_is_costed_by_what_it_evaluates(tmp_path):
         rates, runs = cell.extra["n_optimizers"], cell.n_runs
         assert rates > 1 and runs > 1 and cell.extra["evaluations"] == rates + runs
         assert fuller.extra["evaluations"] == rates * runs
+        # what a stop can lose: the larger of its two saved passes; the full grid's one pass
+        assert cell.extra["unsaved_share"] == max(rates, runs) / (rates + runs)
+        assert fuller.extra["unsaved_share"] == 1.0
         assert cell.estimate_s == pytest.approx(
             fuller.estimate_s * (rates + runs) / (rates * runs))
+
+
+def test_a_tuning_starts_when_its_largest_pass_fits_the_budget(tmp_path, monkeypatch):
+    from l2o_pipeline.grid import run as grid_run
+
+    mini = write_protocol(tmp_path)
+    tune = grid.load_protocol(mini).sweeps["tune_activations"]
+    protocol = grid.load_protocol(write_protocol(tmp_path, tune_activations=[
+        *tune, "tuning.protocol=coarse_to_fine", "tuning.coarse_runs=1", "tuning.top_k=1"]))
+    archive = tmp_path / "archive"
+    cell = grid.collect(archive, protocol, ["tune_activations"])["tune_activations"][0]
+    share = cell.extra["unsaved_share"]
+    assert 0.5 < share < 1
+
+    real_assess = grid_run.assess
+
+    def assess_an_hour_each(cells):  # as if each tuning cell cost an hour here
+        real_assess(cells)
+        for c in cells["tune_activations"]:
+            c.estimate_s = 3600.0
+
+    monkeypatch.setattr(grid_run, "assess", assess_an_hour_each)
+    monkeypatch.setattr(grid_run, "_command", lambda *a: [sys.executable, "-c", "pass"])
+    for hours, started in (((1 + share) / 2, True),  # not the whole, but its larger pass
+                           (share / 2, False)):  # not even that
+        echoed = []
+        grid.run_grid(archive, protocol, hours, only=["tune_activations"], poll_s=0.01,
+                      echo=echoed.append)
+        assert any(e.startswith(f"start: {cell.name}") for e in echoed) is started
 
 
 def test_status_counts_finished_cells_and_waits(tmp_path):

@@ -11,10 +11,11 @@ folder its sweep gives it (``<archive>/paper/<sweep>/<overrides>/seed_<s>``), ex
 either command. ``run`` expands each sweep into cells under a *protocol*
 (``sweeps/protocol/<name>.yaml``: the overrides that turn the papers' protocol into an
 affordable one), then starts the cells whose inputs are ready until the budget is spent
-(meta-trainings first, then whatever completes a result soonest: ``start_order``): a meta-training
-cell still running at the deadline is stopped with SIGTERM and saves its state (the next
-``run`` continues it); an evaluation cell starts only when its estimated cost fits in what is
-left. ``status`` says per sweep what is done, what is running or resumable, what waits for
+(meta-trainings first, then whatever completes a result soonest: ``start_order``): a
+meta-training cell still running at the deadline is stopped with SIGTERM and saves its state
+(the next ``run`` continues it); an evaluation cell starts only when its estimated cost fits in
+what is left, a tuning cell when its largest pass does (it resumes from its last finished
+pass). ``status`` says per sweep what is done, what is running or resumable, what waits for
 what, and what the rest would cost on this machine (from the archive's own timings where it has
 them), and which cells this machine lacks the data for (``no data``: never started, not costed,
 logged once). ``launch`` is for a cluster: each sweep as one Hydra multirun through the

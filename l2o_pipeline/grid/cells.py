@@ -160,7 +160,13 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
         cell.extra["n_optimizers"] = len(lrs or LR_GRID) if stage == "tune" else (
             1 + sum(v is not None for k, v in cfg.evaluation.baselines.items()
                     if k != values.get("optimizer", cfg.optimizer.name)))
-        cell.extra["evaluations"] = _evaluations(cell, values, cfg.tuning, stage)
+        passes = _passes(cell, values, cfg.tuning, stage)
+        cell.extra["evaluations"] = sum(passes)
+        # the largest share of its work that stopping the cell can lose: a tuning saves each
+        # pass of each horizon as it ends (tuning.SavedPasses), an evaluation only its result
+        steps = cell.extra["eval_steps"]
+        cell.extra["unsaved_share"] = (max(passes) * max(steps) / (sum(passes) * sum(steps))
+                                       if stage == "tune" else 1.0)
         wanted = values.get("evaluation.checkpoint_iteration")
         if (wanted is not None and cell.experiment is not None
                 and int(wanted) > protocol.iterations(cell.experiment)):
@@ -170,16 +176,16 @@ def expand(name: str, archive: Path, protocol: Protocol) -> list[Cell]:
     return cells
 
 
-def _evaluations(cell: Cell, values: dict, tuning, stage: str) -> int:
-    """(run, optimizer) pairs a cell steps through each horizon: every optimizer (or rate) over
-    every run, but for coarse-to-fine tuning every rate over the coarse runs and then the
-    top_k rates over all (tuning.tune_learning_rate)."""
+def _passes(cell: Cell, values: dict, tuning, stage: str) -> list[int]:
+    """(run, optimizer) pairs of each pass a cell steps through per horizon: every optimizer
+    (or rate) over every run, but for coarse-to-fine tuning every rate over the coarse runs,
+    then the top_k rates over all (tuning.tune_learning_rate)."""
     def setting(key):
         return values.get(f"tuning.{key}", tuning[key])
     n = cell.extra["n_optimizers"]
     if stage == "tune" and str(setting("protocol")) == "coarse_to_fine":
-        return int(setting("coarse_runs")) * n + int(setting("top_k")) * cell.n_runs
-    return cell.n_runs * n
+        return [int(setting("coarse_runs")) * n, int(setting("top_k")) * cell.n_runs]
+    return [cell.n_runs * n]
 
 
 def _experiment_optimizee(experiment: str | None) -> str | None:

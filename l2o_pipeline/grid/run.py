@@ -148,7 +148,10 @@ def _run_cells(archive, protocol, deadline, only, jobs, poll_s, echo, stop_signa
         ready = start_order([c for cs in cells.values() for c in cs
                              if c.state in ("pending", "partial") and c.name not in running
                              and c.name not in tried and matches(c, where)], cells)
-        fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP or c.estimate_s <= left]
+        # A cell starts when what stopping it at the deadline would lose fits: a meta-training
+        # always (it saves its state), a tuning when its largest pass does, an evaluation whole.
+        fits = [c for c in ready if c.sweep == META_TRAIN_SWEEP
+                or c.estimate_s * c.extra["unsaved_share"] <= left]
         if drain:
             if not draining:
                 draining = True
