@@ -40,7 +40,6 @@ from l2o_pipeline.records import TUNING_PASSES, TUNING_RECORD, read_json_record,
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("full", "coarse_to_fine")
-RECORD, PASSES = TUNING_RECORD, TUNING_PASSES
 
 
 class SavedPasses:
@@ -50,7 +49,7 @@ class SavedPasses:
     horizon, rates, run count, evaluation seed and final-loss rule."""
 
     def __init__(self, cell: str | Path, fingerprint: str):
-        self.path, self.fingerprint = Path(cell) / PASSES, fingerprint
+        self.path, self.fingerprint = Path(cell) / TUNING_PASSES, fingerprint
         self.passes: dict = {}
         if self.path.is_file():
             try:
@@ -153,7 +152,7 @@ def tune_learning_rate(task: Task, optimizer: HandDesigned, lrs: Sequence[float]
 
 def write_record(cell: str | Path, record: dict) -> Path:
     """Write a cell's tuning record atomically."""
-    return write_json(Path(cell) / RECORD, record, indent=1)
+    return write_json(Path(cell) / TUNING_RECORD, record, indent=1)
 
 
 def read_tuning_records(root: str | Path | None) -> Iterator[tuple[Path, dict]]:
@@ -161,7 +160,7 @@ def read_tuning_records(root: str | Path | None) -> Iterator[tuple[Path, dict]]:
     right now or not a tuning record is skipped."""
     if root is None or not Path(root).is_dir():
         return
-    for path in sorted(Path(root).glob(f"**/{RECORD.as_posix()}")):
+    for path in sorted(Path(root).glob(f"**/{TUNING_RECORD.as_posix()}")):
         # Written atomically: an unreadable one is damaged, not being written; refused rather
         # than skipped, since skipping it could silently change the tuned rate.
         record = read_json_record(path, "a tuning record", f"rerun that cell with "

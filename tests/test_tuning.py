@@ -180,11 +180,12 @@ def test_scan_tuning_reads_records_and_old_per_rate_cells(tmp_path):
 
 def test_a_stopped_tuning_resumes_from_its_last_finished_pass(make_cfg, tmp_path, monkeypatch):
     import l2o_pipeline.tuning as tuning
+    from l2o_pipeline.records import TUNING_PASSES
 
     coarse = [*TUNE, "tuning.protocol=coarse_to_fine", "tuning.coarse_runs=1", "tuning.top_k=2"]
     reference = tmp_path / "reference"
     run(make_cfg(*coarse, output_dir=reference))
-    assert not (reference / tuning.PASSES).exists()  # the record holds every pass
+    assert not (reference / TUNING_PASSES).exists()  # the record holds every pass
     passes = []  # (rates, runs) of each pass evaluated
     real = tuning.evaluate_batched
 
@@ -199,14 +200,14 @@ def test_a_stopped_tuning_resumes_from_its_last_finished_pass(make_cfg, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(*coarse, output_dir=cell))
     assert not (cell / "DONE").exists()
-    assert len(json.loads((cell / tuning.PASSES).read_text())) == 1  # the coarse pass
+    assert len(json.loads((cell / TUNING_PASSES).read_text())) == 1  # the coarse pass
     passes.clear()
     monkeypatch.setattr(tuning, "evaluate_batched",
                         lambda task, grid, n_steps, n_runs, **kw: passes.append(
                             (len(grid), n_runs)) or real(task, grid, n_steps, n_runs, **kw))
     run(make_cfg(*coarse, output_dir=cell))
     assert passes == [(2, 3)]  # only the fine pass ran again
-    assert (cell / "DONE").exists() and not (cell / tuning.PASSES).exists()
+    assert (cell / "DONE").exists() and not (cell / TUNING_PASSES).exists()
     record, expected = (json.loads((c / "tune" / "summary.json").read_text())["horizons"]["10"]
                         for c in (cell, reference))
     for key in ("tuned_lr", "tuned_loss", "table", "coarse_table"):
