@@ -483,3 +483,26 @@ def test_repeated_runs_with_another_result_are_one_note_and_listed_in_the_json(t
     assert note.startswith("1 repeated measurement(s)") and "largest 3.85%" in note
     assert "Adam on mnist-mlp-sigmoid-l1 at 100 steps, lr 2^-5: 0.25 in `table2/" in note
     assert note in (tmp_path / "docs" / "report.md").read_text()
+
+
+def test_folders_a_process_works_in_now_are_left_out_with_a_note(tmp_path, capsys):
+    """A running cell's logs and partial records are not in the archive committed after it
+    ends: the report leaves its folder out (and says so), so that it equals the one a clean
+    clone regenerates."""
+    from l2o_pipeline.records import lock_run_folder
+    from l2o_pipeline.report.cli import main
+
+    root = tmp_path / "paper"
+    eval_cell(root, "table2", "experiment=rnnprop", 0, SIG, "rnnprop",
+              {100: {"rnnprop": (0.2, 0.01, None), "adam": (0.25, 0.02, 2 ** -5)}})
+    running = meta_cell(root, "rnnprop", 0, done=False)
+    with lock_run_folder(running):
+        idx = RunIndex(root).scan()
+        assert idx.in_use == ["meta_train/experiment=rnnprop/seed_0"]
+        assert idx.meta == [] and idx.fallback_logs == []
+        assert any("left out 1 folder" in n for n in idx.notes)
+        assert main(["--runs", str(root), "--out", str(tmp_path / "out"), "--no-figures"]) == 0
+        assert "left out 1 folder" in capsys.readouterr().err
+    idx = RunIndex(root).scan()  # the lock released: the folder counts again
+    assert idx.in_use == [] and len(idx.meta) == 1
+    assert idx.fallback_logs == ["meta_train/experiment=rnnprop/seed_0"]

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         counts[c["verdict"]] += 1
     print(f"wrote {Path(args.out) / 'report.md'} and results.json: claims "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if res["in_use"]:
+        print(f"{parser.prog}: warning: left out {len(res['in_use'])} folder(s) a process is "
+              "working in now (e.g. " + res["in_use"][0] + "): regenerate when they end",
+              file=sys.stderr)
     return 0
 
 

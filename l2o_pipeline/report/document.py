@@ -322,6 +322,7 @@ def build_report(runs: str | Path, out: str | Path, title: str = "Reproduction r
         "figures": {k: f.to_json() for k, f in figs.items()},
         "skipped": idx.notes,
         "repeat_mismatches": idx.repeat_mismatches,
+        "in_use": idx.in_use,
     })
     write_json(out / "results.json", results, indent=1)
     return results

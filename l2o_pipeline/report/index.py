@@ -21,7 +21,13 @@ import numpy as np
 
 from l2o_pipeline.fingerprint import RECORD as FINGERPRINT
 from l2o_pipeline.grid.cells import CONSOLE_LOGS, last_outcomes
-from l2o_pipeline.records import DISCARDED_DIR, RecordError, read_json_record
+from l2o_pipeline.records import (
+    DISCARDED_DIR,
+    LOCK_FILE,
+    RecordError,
+    folder_holder,
+    read_json_record,
+)
 from l2o_pipeline.report.readers import (
     finite_nan,
     int_or_none,
@@ -90,6 +96,9 @@ class RunIndex:
         self.meta: list[MetaCell] = []
         self.configs: list[dict] = []
         self.fallback_logs: list[str] = []
+        # folders a process works in now (their lock is held): left out, as the archive that
+        # is committed after they end will not hold what they have written so far
+        self.in_use: list[str] = []
         # cell -> the data it read, as its records say (None: not recorded, an older cell)
         self.data_sources: dict[str, str | None] = {}
         # dataset -> the cells the grid did not run for want of it (grid.jsonl: "no data")
@@ -116,6 +125,10 @@ class RunIndex:
         evals, tunes, metas = [], [], []
         for dirpath, dirnames, filenames in os.walk(self.root):
             p = Path(dirpath)
+            if LOCK_FILE in filenames and folder_holder(p) is not None:
+                self.in_use.append(rel(p, self.root))
+                dirnames[:] = []
+                continue
             if p.name == "eval" and "summary.json" in filenames:
                 evals.append(p / "summary.json")
             if p.name == "tune" and "summary.json" in filenames:
@@ -135,6 +148,10 @@ class RunIndex:
         for cell, record in sorted(last_outcomes(self.root).items()):
             if record.get("outcome") == "no data" and record.get("dataset"):
                 self.no_data.setdefault(str(record["dataset"]), []).append(cell)
+        if self.in_use:
+            self.notes.append(f"left out {len(self.in_use)} folder(s) a process is working in "
+                              f"now ({', '.join(self.in_use)}): regenerate the report when "
+                              "they end")
         if self.duplicates:
             self.notes.append(f"{self.duplicates} measurement(s) repeat runs of another cell "
                               "(the same optimizer, task, horizon, rate or seed, and "
