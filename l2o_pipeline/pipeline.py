@@ -20,7 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from l2o_pipeline import progress
 from l2o_pipeline.config import validate_config
-from l2o_pipeline.fingerprint import check_run_folder, semantic_config, write_fingerprint
+from l2o_pipeline.fingerprint import (
+    check_run_folder,
+    fingerprint,
+    semantic_config,
+    write_fingerprint,
+)
 from l2o_pipeline.meta import load_training_state
 from l2o_pipeline.optimizers import kernels
 from l2o_pipeline.records import (
@@ -151,7 +156,7 @@ def _run_in(out: Path, cfg: DictConfig, semantic: dict) -> float:
                 metric = result.selection["best_score"]
                 iterations = result.iterations
             if cfg.stage == "tune":
-                metric = tune_stage(cfg, device, out, writer)
+                metric = tune_stage(cfg, device, out, writer, fingerprint(semantic))
             if cfg.stage in ("evaluate", "both"):
                 metric = evaluate_stage(cfg, device, out, writer, checkpoint, baseline_lrs)
         writer.summary({"metric": metric})

@@ -25,7 +25,7 @@ from l2o_pipeline.evaluate import DIVERGED_RULE, evaluate
 from l2o_pipeline.meta import meta_train
 from l2o_pipeline.optimizees import build_task
 from l2o_pipeline.optimizers import build_optimizer
-from l2o_pipeline.records import read_json_record, save_torch, write_json
+from l2o_pipeline.records import save_torch, write_json
 from l2o_pipeline.tricks import apply_tricks
 from l2o_pipeline.wandb_names import model_artifact_name
 
@@ -65,11 +65,11 @@ def build_training_task(cfg: DictConfig, device) -> tuple:
     return apply_tricks(plain, cfg.tricks, device), plain
 
 
-def tune_stage(cfg, device, out, writer) -> float:
+def tune_stage(cfg, device, out, writer, folder_sha: str) -> float:
     """stage=tune: the whole rate grid of one hand-designed optimizer on the task per horizon,
-    batched; the record in tune/summary.json. Returns the tuned loss at the first horizon."""
+    batched; the record in tune/summary.json. Returns the tuned loss at the first horizon.
+    ``folder_sha``: the folder's fingerprint, the key its saved passes are kept under."""
     from l2o_pipeline.baselines import LR_GRID
-    from l2o_pipeline.fingerprint import RECORD as FINGERPRINT
     from l2o_pipeline.tuning import SavedPasses, tune_learning_rate, write_record
 
     ev, tu = cfg.evaluation, cfg.tuning
@@ -82,9 +82,7 @@ def tune_stage(cfg, device, out, writer) -> float:
                                     if tu.protocol == "coarse_to_fine" else {}),
               "lrs": lrs, "n_runs": ev.n_runs, "final_loss": ev.final_loss, "seed": cfg.seed,
               "evaluation_seed": ev.seed, "engine": ev.engine, "horizons": {}}
-    # written by the pipeline before any stage: what this folder computes
-    saved = SavedPasses(out, read_json_record(out / FINGERPRINT, "the folder's fingerprint",
-                                              "run the cell again")["sha256"])
+    saved = SavedPasses(out, folder_sha)
     for horizon in cfg.horizon.eval_steps:
         log.info("tuning %s on %s at %d steps: %d rates x %d runs (%s protocol)",
                  optimizer.name, task.name, horizon, len(lrs), ev.n_runs, tu.protocol)
